@@ -1,0 +1,219 @@
+//! Admin routes (role ADMIN): component registry and review resolution.
+//! Every action is audited (who, what, when).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{role, Principal};
+use super::problem::{ApiError, Json, Problem};
+use super::AppState;
+use crate::components::harness::FixtureFile;
+use crate::components::registry::PushError;
+use crate::components::Slot;
+use crate::domain::events::{event_type, Envelope, FinalStatus, OrderFinalized, OrderRef};
+use crate::domain::money::Money;
+use crate::kafka::topic;
+use crate::store::plugins::{self, Activation, PluginRow};
+use crate::store::{orders, outbox};
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginList {
+    pub plugins: Vec<PluginRow>,
+    pub active: Vec<Activation>,
+}
+
+/// Stored component versions and the active one per slot.
+#[utoipa::path(get, path = "/api/v1/admin/plugins", tag = "admin",
+    responses((status = 200, body = PluginList),
+        (status = 403, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list_plugins(State(state): State<AppState>, principal: Principal) -> Result<axum::Json<PluginList>, ApiError> {
+    principal.require(role::ADMIN)?;
+    Ok(axum::Json(PluginList {
+        plugins: plugins::list(&state.pool).await?,
+        active: plugins::active(&state.pool).await?,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushPlugin {
+    /// psp-adapter, retry-policy or posting-rules.
+    pub slot: String,
+    /// The component binary, base64.
+    pub wasm_base64: String,
+    /// Fixtures the component must pass before it is stored.
+    #[schema(value_type = Option<Object>)]
+    pub fixtures: Option<FixtureFile>,
+}
+
+fn parse_slot(text: &str) -> Result<Slot, ApiError> {
+    Slot::parse(text).ok_or_else(|| ApiError::validation("slot must be psp-adapter, retry-policy or posting-rules"))
+}
+
+/// Upload a component version (validated: parses, implements the slot's
+/// world, imports nothing else, passes its fixtures).
+#[utoipa::path(post, path = "/api/v1/admin/plugins", tag = "admin", request_body = PushPlugin,
+    responses((status = 201, body = PluginRow),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused component", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn push_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(body): Json<PushPlugin>,
+) -> Result<(StatusCode, axum::Json<PluginRow>), ApiError> {
+    principal.require(role::ADMIN)?;
+    let slot = parse_slot(&body.slot)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body.wasm_base64.as_bytes())
+        .map_err(|_| ApiError::validation("wasmBase64 is not base64"))?;
+    match state.registry.push(slot, &bytes, body.fixtures.as_ref(), &principal.subject).await {
+        Ok(row) => Ok((StatusCode::CREATED, axum::Json(row))),
+        Err(PushError::Store(error)) => Err(ApiError::internal(error)),
+        Err(refused) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "component-refused", refused.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActivatePlugin {
+    pub sha256: String,
+    /// Guest configuration for this activation.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Make a stored version the active one of its slot on every node.
+#[utoipa::path(post, path = "/api/v1/admin/plugins/{slot}/activate", tag = "admin", request_body = ActivatePlugin,
+    params(("slot" = String, Path, description = "psp-adapter, retry-policy or posting-rules")),
+    responses((status = 200, body = Activation),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn activate_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(slot): Path<String>,
+    Json(body): Json<ActivatePlugin>,
+) -> Result<axum::Json<Activation>, ApiError> {
+    principal.require(role::ADMIN)?;
+    let slot = parse_slot(&slot)?;
+    state.registry.by_sha(slot, &body.sha256).await.map_err(|e| ApiError::not_found(e.to_string()))?;
+    let config = serde_json::to_value(&body.config).expect("serializes");
+    let activation = plugins::activate(&state.pool, slot.as_str(), &body.sha256, &config, "activate", &principal.subject).await?;
+    Ok(axum::Json(activation))
+}
+
+/// Re-activate the version that was active before the current one.
+#[utoipa::path(post, path = "/api/v1/admin/plugins/{slot}/rollback", tag = "admin",
+    params(("slot" = String, Path, description = "psp-adapter, retry-policy or posting-rules")),
+    responses((status = 200, body = Activation),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nothing to roll back to", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn rollback_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(slot): Path<String>,
+) -> Result<axum::Json<Activation>, ApiError> {
+    principal.require(role::ADMIN)?;
+    let slot = parse_slot(&slot)?;
+    let previous = plugins::previous(&state.pool, slot.as_str())
+        .await?
+        .ok_or_else(|| ApiError::conflict("nothing-to-roll-back", "no earlier version of this slot"))?;
+    let activation =
+        plugins::activate(&state.pool, slot.as_str(), &previous.sha256, &previous.config, "rollback", &principal.subject).await?;
+    Ok(axum::Json(activation))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResolveReview {
+    /// SUCCEEDED or FAILED, as confirmed with the PSP out of band.
+    pub status: String,
+    pub psp_reference: Option<String>,
+    pub reason: String,
+}
+
+/// Settle an order in REQUIRES_REVIEW; its finalized event goes through the outbox.
+#[utoipa::path(post, path = "/api/v1/admin/payment-orders/{id}/resolve", tag = "admin", request_body = ResolveReview,
+    params(("id" = Uuid, Path, description = "Payment order id")),
+    responses((status = 204, description = "Resolved"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Order is not in REQUIRES_REVIEW", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn resolve_review(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<ResolveReview>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(role::ADMIN)?;
+    let id: Uuid = id.parse().map_err(|_| ApiError::validation("payment order id must be a UUID"))?;
+    let status = match body.status.as_str() {
+        "SUCCEEDED" => FinalStatus::Succeeded,
+        "FAILED" => FinalStatus::Failed,
+        _ => return Err(ApiError::validation("status must be SUCCEEDED or FAILED")),
+    };
+    if status == FinalStatus::Succeeded && body.psp_reference.as_deref().unwrap_or("").is_empty() {
+        return Err(ApiError::validation("pspReference is required to resolve as SUCCEEDED"));
+    }
+    let order = orders::get(&state.pool, id).await?.ok_or_else(|| ApiError::not_found(format!("no payment order {id}")))?;
+    if order.status != "REQUIRES_REVIEW" {
+        return Err(ApiError::conflict("not-in-review", format!("order is {}", order.status)));
+    }
+    let attempt = order.last_applied_attempt.max(1);
+    let trace_id: String = sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
+        .bind(order.payment_id)
+        .fetch_one(&state.pool)
+        .await?;
+    let mut tx = state.pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE payment_orders SET status = $2, final_attempt = $3, psp_reference = $4, failure_reason = $5, updated_at = now()
+         WHERE payment_order_id = $1 AND status = 'REQUIRES_REVIEW'",
+    )
+    .bind(id)
+    .bind(if status == FinalStatus::Succeeded { "SUCCEEDED" } else { "FAILED" })
+    .bind(attempt)
+    .bind(&body.psp_reference)
+    .bind(&body.reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Err(ApiError::conflict("not-in-review", "order changed concurrently"));
+    }
+    let key = id.to_string();
+    let finalized = OrderFinalized {
+        order: OrderRef {
+            payment_order_id: id,
+            payment_id: order.payment_id,
+            seller_id: order.seller_id.clone(),
+            amount: Money::new(order.amount_minor, &order.currency),
+        },
+        status,
+        psp_reference: body.psp_reference.clone(),
+        final_attempt: attempt as u32,
+        reason: Some(format!("resolved by {}: {}", principal.subject, body.reason)),
+    };
+    let event = Envelope::new(event_type::PAYMENT_ORDER_FINALIZED, &key, attempt as u32, &trace_id, None, &finalized);
+    outbox::append(&mut tx, topic::PAYMENT_ORDER_FINALIZED, &[(key, event)]).await?;
+    sqlx::query("INSERT INTO admin_audit (actor, action, target, details) VALUES ($1, 'resolve-review', $2, $3)")
+        .bind(&principal.subject)
+        .bind(id.to_string())
+        .bind(serde_json::json!({ "status": body.status, "pspReference": body.psp_reference, "reason": body.reason }))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,95 @@
+//! The HTTP API: `fn app(state) -> Router`, kept apart from `main` so tests
+//! can call it without a socket.
+
+pub mod admin;
+pub mod auth;
+pub mod balances;
+pub mod openapi;
+pub mod payments;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::balance_cache::BalanceCache;
+use crate::components::registry::Registry;
+use crate::config::Config;
+use auth::Authenticator;
+use problem::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub auth: Arc<Authenticator>,
+    pub metrics: PrometheusHandle,
+    pub registry: Arc<Registry>,
+    pub balance_cache: BalanceCache,
+}
+
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.http.body_limit_bytes;
+    let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
+    Router::new()
+        .route("/api/v1/payments", post(payments::create))
+        .route("/api/v1/payments/{id}", get(payments::get))
+        .route("/api/v1/sellers/{seller_id}/balances", get(balances::seller_balances))
+        .route("/api/v1/admin/plugins", get(admin::list_plugins).post(admin::push_plugin))
+        .route("/api/v1/admin/plugins/{slot}/activate", post(admin::activate_plugin))
+        .route("/api/v1/admin/plugins/{slot}/rollback", post(admin::rollback_plugin))
+        .route("/api/v1/admin/payment-orders/{id}/resolve", post(admin::resolve_review))
+        .route("/api-docs/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn(track))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let components = state.registry.snapshot().len() == 3;
+    if db && components {
+        "ready".into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("database: {db}, components loaded: {components}"),
+        )
+        .into_response()
+    }
+}
+
+/// Request metrics by matched route (never by raw path: ids would explode
+/// the label set).
+async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::http_request(&route, &method, response.status().as_u16(), started);
+    response
+}

@@ -1,0 +1,429 @@
+//! `POST /api/v1/payments` and `GET /api/v1/payments/{id}`.
+//!
+//! Intake writes the payment, its orders and one outbox row per order in one
+//! transaction and answers 202; the PSP is never called on the request path.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{role, Principal};
+use super::problem::{ApiError, Json, Problem};
+use super::AppState;
+use crate::domain::events::{event_type, Envelope, OrderRef};
+use crate::domain::money::{is_known_currency, Money};
+use crate::domain::payment::{OrderStatus, PspOutcome};
+use crate::kafka::topic;
+use crate::store::{outbox, payments};
+
+/// Longest accepted id (buyer, order, seller, idempotency key).
+const MAX_ID_LEN: usize = 64;
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreatePayment {
+    pub buyer_id: String,
+    /// The shop's order id; one payment per (client, orderId).
+    pub order_id: String,
+    pub total_amount: Money,
+    /// One per seller; amounts sum to `totalAmount`.
+    pub payment_orders: Vec<CreatePaymentOrder>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreatePaymentOrder {
+    pub seller_id: String,
+    pub amount: Money,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentView {
+    pub payment_id: Uuid,
+    pub buyer_id: String,
+    pub order_id: String,
+    pub total_amount: Money,
+    /// PENDING, SUCCEEDED, FAILED, PARTIALLY_SUCCEEDED, REQUIRES_REVIEW or PARKED.
+    pub status: String,
+    pub trace_id: String,
+    pub created_at: DateTime<Utc>,
+    pub payment_orders: Vec<PaymentOrderView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentOrderView {
+    pub payment_order_id: Uuid,
+    pub seller_id: String,
+    pub amount: Money,
+    pub status: OrderStatus,
+    pub psp_reference: Option<String>,
+    pub failure_reason: Option<String>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The latest PSP outcome, if any call finished.
+    pub latest_outcome: Option<PspOutcome>,
+    pub attempts: Vec<AttemptView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub outcome: Option<PspOutcome>,
+    pub latency_ms: Option<i64>,
+    /// sha256 of the adapter component that made the call.
+    pub component_sha256: String,
+    pub settled_by_status: bool,
+    pub claimed_at: DateTime<Utc>,
+}
+
+fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
+    let id_ok = |s: &str| !s.trim().is_empty() && s.len() <= MAX_ID_LEN && !s.contains('.');
+    if !id_ok(&body.buyer_id) || !id_ok(&body.order_id) {
+        return Err(ApiError::validation(format!("buyerId and orderId must be 1..={MAX_ID_LEN} characters without '.'")));
+    }
+    let currency = &body.total_amount.currency;
+    if !is_known_currency(currency) {
+        return Err(ApiError::validation(format!("unknown currency {currency:?}")));
+    }
+    if body.total_amount.quantity <= 0 {
+        return Err(ApiError::validation("totalAmount.quantity must be > 0 (minor units)"));
+    }
+    if body.payment_orders.is_empty() || body.payment_orders.len() > max_orders {
+        return Err(ApiError::validation(format!("paymentOrders must have 1..={max_orders} entries")));
+    }
+    let mut sellers = std::collections::HashSet::new();
+    let mut sum: i64 = 0;
+    for order in &body.payment_orders {
+        if !id_ok(&order.seller_id) || !order.seller_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(ApiError::validation("sellerId must be 1..=64 of [A-Za-z0-9_-]"));
+        }
+        if order.seller_id == "GLOBAL" {
+            return Err(ApiError::validation("sellerId GLOBAL is reserved for platform accounts"));
+        }
+        if !sellers.insert(order.seller_id.as_str()) {
+            return Err(ApiError::validation(format!("seller {} appears twice", order.seller_id)));
+        }
+        if order.amount.currency != *currency {
+            return Err(ApiError::validation("every payment order must be in the payment's currency"));
+        }
+        if order.amount.quantity <= 0 {
+            return Err(ApiError::validation("every payment order amount must be > 0"));
+        }
+        sum = sum
+            .checked_add(order.amount.quantity)
+            .ok_or_else(|| ApiError::validation("amounts overflow"))?;
+    }
+    if sum != body.total_amount.quantity {
+        return Err(ApiError::validation(format!(
+            "payment orders sum to {sum} but totalAmount is {}",
+            body.total_amount.quantity
+        )));
+    }
+    Ok(())
+}
+
+/// Trace id from `X-Trace-Id` or W3C `traceparent`, else a new one.
+pub fn trace_id_from(headers: &HeaderMap) -> String {
+    let valid = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if let Some(id) = headers.get("x-trace-id").and_then(|v| v.to_str().ok()).filter(|s| valid(s)) {
+        return id.to_string();
+    }
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        if let Some(id) = parent.split('-').nth(1).filter(|s| s.len() == 32 && valid(s)) {
+            return id.to_string();
+        }
+    }
+    Uuid::new_v4().simple().to_string()
+}
+
+fn lock_id(client: &str, key: &str) -> i64 {
+    let digest = Sha256::digest(format!("{client}\u{0}{key}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Accept a payment.
+#[utoipa::path(post, path = "/api/v1/payments", tag = "payments",
+    request_body = CreatePayment,
+    params(("Idempotency-Key" = String, Header, description = "Required; same key + same body replays the first answer")),
+    responses(
+        (status = 202, description = "Accepted", body = PaymentView),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing role payment:write", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same key in flight, or orderId already paid", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Same key, different body", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Json(body): Json<CreatePayment>,
+) -> Result<Response, ApiError> {
+    principal.require(role::PAYMENT_WRITE)?;
+    let trace_id = trace_id_from(&headers);
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .ok_or_else(|| ApiError::validation("Idempotency-Key header (1..=128 chars) is required").with_trace(&trace_id))?
+        .to_string();
+    validate(&body, state.config.http.max_payment_orders).map_err(|e| e.with_trace(&trace_id))?;
+    let request_sha256 = hex::encode(Sha256::digest(serde_json::to_vec(&body).expect("serializes")));
+    let client = principal.subject.as_str();
+
+    let mut tx = state.pool.begin().await?;
+    if !payments::try_lock_key(&mut tx, lock_id(client, &key)).await? {
+        let mut error = ApiError::conflict("request-in-flight", "a request with this Idempotency-Key is still being processed");
+        error.retry_after_secs = Some(1);
+        return Err(error.with_trace(&trace_id));
+    }
+    if let Some(stored) = payments::find_response(&mut tx, client, &key).await? {
+        if stored.request_sha256 != request_sha256 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used with a different request body",
+            )
+            .with_trace(&trace_id));
+        }
+        let mut response = respond(StatusCode::from_u16(stored.status as u16).unwrap_or(StatusCode::ACCEPTED), &stored.body);
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
+    if state.config.failpoints.intake_hold_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(state.config.failpoints.intake_hold_ms)).await;
+    }
+
+    let payment_id = Uuid::new_v4();
+    let currency = body.total_amount.currency.as_str();
+    let inserted = payments::insert_payment(
+        &mut tx,
+        &payments::NewPayment {
+            payment_id,
+            client_id: client,
+            buyer_id: &body.buyer_id,
+            order_id: &body.order_id,
+            total_minor: body.total_amount.quantity,
+            currency,
+            trace_id: &trace_id,
+        },
+    )
+    .await?;
+    if !inserted {
+        return Err(ApiError::conflict("order-already-paid", format!("orderId {} already has a payment", body.order_id)).with_trace(&trace_id));
+    }
+    let orders: Vec<payments::NewOrder> = body
+        .payment_orders
+        .iter()
+        .map(|o| payments::NewOrder {
+            payment_order_id: Uuid::new_v4(),
+            seller_id: o.seller_id.clone(),
+            amount_minor: o.amount.quantity,
+        })
+        .collect();
+    payments::insert_orders(&mut tx, payment_id, currency, &orders).await?;
+    let events: Vec<(String, Envelope)> = orders
+        .iter()
+        .map(|o| {
+            let key = o.payment_order_id.to_string();
+            let data = OrderRef {
+                payment_order_id: o.payment_order_id,
+                payment_id,
+                seller_id: o.seller_id.clone(),
+                amount: Money::new(o.amount_minor, currency),
+            };
+            let event = Envelope::new(event_type::PAYMENT_ORDER_CREATED, &key, 0, &trace_id, None, &data);
+            (key, event)
+        })
+        .collect();
+    outbox::append(&mut tx, topic::PAYMENT_ORDER_CREATED, &events).await?;
+
+    let view = PaymentView {
+        payment_id,
+        buyer_id: body.buyer_id.clone(),
+        order_id: body.order_id.clone(),
+        total_amount: body.total_amount.clone(),
+        status: "PENDING".into(),
+        trace_id: trace_id.clone(),
+        created_at: Utc::now(),
+        payment_orders: orders
+            .iter()
+            .map(|o| PaymentOrderView {
+                payment_order_id: o.payment_order_id,
+                seller_id: o.seller_id.clone(),
+                amount: Money::new(o.amount_minor, currency),
+                status: OrderStatus::Initiated,
+                psp_reference: None,
+                failure_reason: None,
+                next_retry_at: None,
+                latest_outcome: None,
+                attempts: Vec::new(),
+            })
+            .collect(),
+    };
+    let view_json = serde_json::to_value(&view).expect("serializes");
+    payments::insert_response(&mut tx, client, &key, &request_sha256, payment_id, 202, &view_json).await?;
+    tx.commit().await?;
+    crate::metrics::payment_accepted();
+    tracing::info!(traceId = %trace_id, %payment_id, orders = orders.len(), "payment accepted");
+    Ok(respond(StatusCode::ACCEPTED, &view_json))
+}
+
+fn respond(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(id) = body.get("paymentId").and_then(|v| v.as_str()) {
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/payments/{id}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    response
+}
+
+/// A payment with its orders, statuses and PSP attempts.
+#[utoipa::path(get, path = "/api/v1/payments/{id}", tag = "payments",
+    params(("id" = Uuid, Path, description = "Payment id")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown payment", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<PaymentView>, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::validation("payment id must be a UUID"))?;
+    let payment = payments::find_payment(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no payment {id}")))?;
+    // Clients see their own payments; finance and admins see all.
+    let privileged = principal.roles.contains(role::FINANCE) || principal.roles.contains(role::ADMIN);
+    if payment.client_id != principal.subject && !privileged {
+        return Err(ApiError::not_found(format!("no payment {id}")));
+    }
+    let orders = payments::orders_of(&state.pool, id).await?;
+    let attempts = payments::attempts_of(&state.pool, id).await?;
+    let order_views: Vec<PaymentOrderView> = orders
+        .into_iter()
+        .map(|o| {
+            let mine: Vec<AttemptView> = attempts
+                .iter()
+                .filter(|a| a.payment_order_id == o.payment_order_id)
+                .map(|a| AttemptView {
+                    attempt: a.attempt,
+                    outcome: a.outcome.as_deref().and_then(crate::domain::payment::OutcomeKind::parse).map(|kind| PspOutcome {
+                        kind,
+                        code: a.code.clone(),
+                        message: a.message.clone(),
+                        psp_reference: a.psp_reference.clone(),
+                    }),
+                    latency_ms: a.latency_ms,
+                    component_sha256: a.component_sha256.clone(),
+                    settled_by_status: a.settled_by_status,
+                    claimed_at: a.claimed_at,
+                })
+                .collect();
+            PaymentOrderView {
+                payment_order_id: o.payment_order_id,
+                seller_id: o.seller_id,
+                amount: Money::new(o.amount_minor, &o.currency),
+                status: OrderStatus::parse(&o.status).unwrap_or(OrderStatus::Pending),
+                psp_reference: o.psp_reference,
+                failure_reason: o.failure_reason,
+                next_retry_at: o.next_retry_at,
+                latest_outcome: mine.iter().rev().find_map(|a| a.outcome.clone()),
+                attempts: mine,
+            }
+        })
+        .collect();
+    Ok(axum::Json(PaymentView {
+        payment_id: payment.payment_id,
+        buyer_id: payment.buyer_id,
+        order_id: payment.order_id,
+        total_amount: Money::new(payment.total_amount_minor, &payment.currency),
+        status: payment_status(&order_views).into(),
+        trace_id: payment.trace_id,
+        created_at: payment.created_at,
+        payment_orders: order_views,
+    }))
+}
+
+fn payment_status(orders: &[PaymentOrderView]) -> &'static str {
+    let all = |s: OrderStatus| orders.iter().all(|o| o.status == s);
+    let any = |s: OrderStatus| orders.iter().any(|o| o.status == s);
+    if all(OrderStatus::Succeeded) {
+        "SUCCEEDED"
+    } else if all(OrderStatus::Failed) {
+        "FAILED"
+    } else if any(OrderStatus::RequiresReview) {
+        "REQUIRES_REVIEW"
+    } else if any(OrderStatus::Parked) {
+        "PARKED"
+    } else if orders.iter().all(|o| o.status.is_final()) {
+        "PARTIALLY_SUCCEEDED"
+    } else {
+        "PENDING"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(total: i64, orders: &[(&str, i64, &str)]) -> CreatePayment {
+        CreatePayment {
+            buyer_id: "b-1".into(),
+            order_id: "o-1".into(),
+            total_amount: Money::new(total, "EUR"),
+            payment_orders: orders
+                .iter()
+                .map(|(s, q, c)| CreatePaymentOrder {
+                    seller_id: s.to_string(),
+                    amount: Money::new(*q, c),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn valid_multi_seller_payment_passes() {
+        validate(&body(300, &[("s-1", 100, "EUR"), ("s-2", 200, "EUR")]), 10).unwrap();
+    }
+
+    #[test]
+    fn broken_payments_are_refused() {
+        let cases = [
+            body(300, &[("s-1", 100, "EUR"), ("s-2", 100, "EUR")]),
+            body(200, &[("s-1", 100, "EUR"), ("s-2", 100, "USD")]),
+            body(0, &[]),
+            body(200, &[("s-1", 100, "EUR"), ("s-1", 100, "EUR")]),
+            body(-5, &[("s-1", -5, "EUR")]),
+            body(100, &[("GLOBAL", 100, "EUR")]),
+            body(100, &[("s.1", 100, "EUR")]),
+            body(i64::MAX, &[("s-1", i64::MAX, "EUR"), ("s-2", 1, "EUR")]),
+        ];
+        for case in cases {
+            assert!(validate(&case, 10).is_err(), "accepted {case:?}");
+        }
+        assert!(validate(&body(100, &[("s-1", 100, "EUR")]), 0).is_err());
+    }
+
+    #[test]
+    fn trace_id_comes_from_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert_eq!(trace_id_from(&headers), "4bf92f3577b34da6a3ce929d0e0e4736");
+        headers.insert("x-trace-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(trace_id_from(&headers), "abc-123");
+    }
+}

@@ -1,0 +1,529 @@
+//! The per-plugin test harness: runs a component against a fixture file
+//! (input → expected output; adapters also script their HTTP exchanges) and
+//! checks built-in properties on every case: determinism (same input twice,
+//! same output), host invariants (balanced postings, clamped delays) and
+//! limits. Used by `paynode plugin test`, by uploads, and from `cargo test`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::bindings::adapter::paynode::psp_adapter::{http, types as adapter};
+use super::bindings::policy::paynode::retry_policy::types as policy;
+use super::bindings::rules::paynode::posting_rules::types as rules;
+use super::invariants::{check_journals, PostingScope};
+use super::runtime::{CallEnv, CallStats};
+use super::{Loaded, PluginError, Runtime, Slot};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureFile {
+    pub slot: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    /// charge | status | decide | post
+    pub call: String,
+    pub input: Value,
+    /// Overrides the file's config for this case.
+    #[serde(default)]
+    pub config: Option<BTreeMap<String, String>>,
+    /// Scripted HTTP exchanges, in order (adapters only).
+    #[serde(default)]
+    pub http: Vec<Exchange>,
+    pub expect: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    #[serde(default)]
+    pub expect: Option<ExpectedRequest>,
+    pub respond: Respond,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedRequest {
+    pub method: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, rename = "bodyContains")]
+    pub body_contains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Respond {
+    Error { error: String },
+    Response {
+        status: u16,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        body: String,
+    },
+}
+
+/// Replays scripted exchanges instead of the network, recording mismatches.
+#[derive(Clone, Default)]
+pub struct HttpScript {
+    inner: Arc<Mutex<ScriptState>>,
+}
+
+#[derive(Default)]
+struct ScriptState {
+    queue: VecDeque<Exchange>,
+    problems: Vec<String>,
+}
+
+impl HttpScript {
+    pub fn new(exchanges: &[Exchange]) -> Self {
+        HttpScript {
+            inner: Arc::new(Mutex::new(ScriptState {
+                queue: exchanges.iter().cloned().collect(),
+                problems: Vec::new(),
+            })),
+        }
+    }
+
+    pub fn answer(&self, request: &http::Request) -> Result<http::Response, http::HttpError> {
+        let mut state = self.inner.lock().expect("script lock");
+        let Some(exchange) = state.queue.pop_front() else {
+            state.problems.push(format!("unexpected request {} {}", request.method, request.url));
+            return Err(http::HttpError::Refused("no scripted exchange left".into()));
+        };
+        if let Some(expected) = &exchange.expect {
+            let problems = mismatches(expected, request);
+            state.problems.extend(problems);
+        }
+        match exchange.respond {
+            Respond::Error { error } => Err(match error.as_str() {
+                "timeout" => http::HttpError::Timeout,
+                "connect-failed" => http::HttpError::ConnectFailed("scripted".into()),
+                "refused" => http::HttpError::Refused("scripted".into()),
+                _ => http::HttpError::FailedAfterSend("scripted".into()),
+            }),
+            Respond::Response { status, headers, body } => Ok(http::Response {
+                status,
+                headers: headers.into_iter().collect(),
+                body: body.into_bytes(),
+            }),
+        }
+    }
+
+    fn finish(&self) -> Vec<String> {
+        let mut state = self.inner.lock().expect("script lock");
+        let mut problems = std::mem::take(&mut state.problems);
+        if !state.queue.is_empty() {
+            problems.push(format!("{} scripted exchange(s) never requested", state.queue.len()));
+        }
+        problems
+    }
+}
+
+fn mismatches(expected: &ExpectedRequest, request: &http::Request) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(method) = &expected.method {
+        if !method.eq_ignore_ascii_case(&request.method) {
+            problems.push(format!("method: expected {method}, got {}", request.method));
+        }
+    }
+    if let Some(url) = &expected.url {
+        if url != &request.url {
+            problems.push(format!("url: expected {url}, got {}", request.url));
+        }
+    }
+    for (name, value) in &expected.headers {
+        let found = request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+        if found != Some(value) {
+            problems.push(format!("header {name}: expected {value:?}, got {found:?}"));
+        }
+    }
+    let body = String::from_utf8_lossy(&request.body);
+    for needle in &expected.body_contains {
+        if !body.contains(needle.as_str()) {
+            problems.push(format!("body does not contain {needle:?}: {body}"));
+        }
+    }
+    problems
+}
+
+/// Result of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    pub name: String,
+    pub passed: bool,
+    pub problems: Vec<String>,
+    pub actual: Value,
+    pub fuel_used: u64,
+    pub peak_memory_bytes: usize,
+    pub wall_us: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub component: String,
+    pub sha256: String,
+    pub cases: Vec<CaseReport>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        !self.cases.is_empty() && self.cases.iter().all(|c| c.passed)
+    }
+
+    /// Human-readable: one line per case, a diff under each failure.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{} ({})", self.component, &self.sha256[..12.min(self.sha256.len())]);
+        for case in &self.cases {
+            let _ = writeln!(
+                out,
+                "  {} {:<50} fuel {:>10}  mem {:>7} KiB  {:>7} µs",
+                if case.passed { "PASS" } else { "FAIL" },
+                case.name,
+                case.fuel_used,
+                case.peak_memory_bytes / 1024,
+                case.wall_us
+            );
+            for problem in &case.problems {
+                for line in problem.lines() {
+                    let _ = writeln!(out, "       {line}");
+                }
+            }
+        }
+        let passed = self.cases.iter().filter(|c| c.passed).count();
+        let _ = writeln!(out, "{passed}/{} cases passed", self.cases.len());
+        out
+    }
+}
+
+/// Runs every case of `fixtures` against `loaded`.
+pub async fn run(runtime: &Runtime, loaded: &Loaded, fixtures: &FixtureFile, env: &CallEnv) -> Report {
+    let mut cases = Vec::new();
+    for case in &fixtures.cases {
+        cases.push(run_case(runtime, loaded, fixtures, case, env).await);
+    }
+    if fixtures.slot != loaded.slot.as_str() {
+        cases.push(CaseReport {
+            name: "fixture slot".into(),
+            passed: false,
+            problems: vec![format!("fixtures are for {}, component is a {}", fixtures.slot, loaded.slot)],
+            actual: Value::Null,
+            fuel_used: 0,
+            peak_memory_bytes: 0,
+            wall_us: 0,
+        });
+    }
+    Report {
+        component: format!("{} {}", loaded.name, loaded.version),
+        sha256: loaded.sha256.clone(),
+        cases,
+    }
+}
+
+async fn run_case(runtime: &Runtime, loaded: &Loaded, file: &FixtureFile, case: &Case, env: &CallEnv) -> CaseReport {
+    let config: Vec<(String, String)> = case.config.as_ref().unwrap_or(&file.config).clone().into_iter().collect();
+    let mut problems = Vec::new();
+    let first = call_once(runtime, loaded, case, &config, env).await;
+    let second = call_once(runtime, loaded, case, &config, env).await;
+    let (actual, stats, http_problems) = match first {
+        Ok(done) => done,
+        Err(error) => (json!({ "pluginError": error.class(), "detail": error.to_string() }), CallStats::default(), Vec::new()),
+    };
+    problems.extend(http_problems);
+    let again = second.map(|(value, _, _)| value).unwrap_or_else(|e| json!({ "pluginError": e.class() }));
+    if again != actual {
+        problems.push(format!("not deterministic: second run returned {again}"));
+    }
+    if !matches(&case.expect, &actual) {
+        problems.push(diff(&case.expect, &actual));
+    }
+    problems.extend(invariant_problems(loaded.slot, case, &actual, env));
+    CaseReport {
+        name: case.name.clone(),
+        passed: problems.is_empty(),
+        problems,
+        actual,
+        fuel_used: stats.fuel_used,
+        peak_memory_bytes: stats.peak_memory_bytes,
+        wall_us: stats.wall.as_micros(),
+    }
+}
+
+/// Host maximum for retry delays in the harness (the node's default).
+const HARNESS_MAX_DELAY_MS: u64 = 120_000;
+
+fn invariant_problems(slot: Slot, case: &Case, actual: &Value, _env: &CallEnv) -> Vec<String> {
+    let mut problems = Vec::new();
+    match slot {
+        Slot::RetryPolicy => {
+            if let Some(ms) = actual.get("retryAfter").and_then(Value::as_u64) {
+                if ms > HARNESS_MAX_DELAY_MS {
+                    problems.push(format!("delay {ms} ms exceeds the host maximum {HARNESS_MAX_DELAY_MS} ms"));
+                }
+            }
+        }
+        Slot::PostingRules => {
+            if let (Some(entries), Ok(order)) = (actual.get("ok"), serde_json::from_value::<OrderInput>(case.input.clone())) {
+                if let Ok(entries) = entries_from_json(entries) {
+                    let scope = PostingScope {
+                        seller_id: &order.seller_id,
+                        currency: &order.amount.currency,
+                    };
+                    if let Err(violation) = check_journals(&entries, &scope) {
+                        problems.push(format!("host invariant: {violation}"));
+                    }
+                }
+            }
+        }
+        Slot::PspAdapter => {}
+    }
+    problems
+}
+
+type CallResult = Result<(Value, CallStats, Vec<String>), PluginError>;
+
+async fn call_once(runtime: &Runtime, loaded: &Loaded, case: &Case, config: &[(String, String)], env: &CallEnv) -> CallResult {
+    let bad_input = |e: serde_json::Error| PluginError::InvalidOutput(format!("fixture input does not parse: {e}"));
+    let mut env = env.clone();
+    // Harness runs never sleep: a requested delay is recorded, not served.
+    env.limits.max_delay_ms = 0;
+    env.limits.wall = env.limits.wall.max(Duration::from_secs(10));
+    match case.call.as_str() {
+        "charge" | "status" => {
+            let input: ChargeInput = serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let script = HttpScript::new(&case.http);
+            env.script = Some(script.clone());
+            let request = input.into_wit();
+            let (outcome, stats) = if case.call == "charge" {
+                runtime.charge(loaded, &env, config, &request).await?
+            } else {
+                runtime.status(loaded, &env, config, &request).await?
+            };
+            Ok((outcome_json(&outcome), stats, script.finish()))
+        }
+        "decide" => {
+            let input: DecideInput = serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let context = policy::RetryContext {
+                payment_order_id: input.payment_order_id,
+                attempt: input.attempt,
+                failure_code: input.failure_code,
+                elapsed_ms: input.elapsed_ms,
+                random: input.random,
+            };
+            let (decision, stats) = runtime.decide(loaded, &env, config, &context).await?;
+            let value = match decision {
+                policy::Decision::RetryAfter(ms) => json!({ "retryAfter": ms }),
+                policy::Decision::GiveUp(reason) => json!({ "giveUp": reason }),
+            };
+            Ok((value, stats, Vec::new()))
+        }
+        "post" => {
+            let input: OrderInput = serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let order = input.into_wit();
+            let (result, stats) = runtime.post(loaded, &env, config, &order).await?;
+            let value = match result {
+                Ok(entries) => json!({ "ok": entries.iter().map(entry_json).collect::<Vec<_>>() }),
+                Err(e) => json!({ "err": { "code": e.code, "message": e.message } }),
+            };
+            Ok((value, stats, Vec::new()))
+        }
+        other => Err(PluginError::InvalidOutput(format!("unknown call {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MoneyInput {
+    quantity: i64,
+    currency: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChargeInput {
+    payment_order_id: String,
+    payment_id: String,
+    seller_id: String,
+    amount: MoneyInput,
+    attempt: u32,
+    idempotency_key: String,
+}
+
+impl ChargeInput {
+    fn into_wit(self) -> adapter::ChargeRequest {
+        adapter::ChargeRequest {
+            payment_order_id: self.payment_order_id,
+            payment_id: self.payment_id,
+            seller_id: self.seller_id,
+            amount: adapter::Money {
+                quantity: self.amount.quantity,
+                currency: self.amount.currency,
+            },
+            attempt: self.attempt,
+            idempotency_key: self.idempotency_key,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DecideInput {
+    payment_order_id: String,
+    attempt: u32,
+    #[serde(default)]
+    failure_code: String,
+    #[serde(default)]
+    elapsed_ms: u64,
+    #[serde(default)]
+    random: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderInput {
+    payment_order_id: String,
+    payment_id: String,
+    seller_id: String,
+    amount: MoneyInput,
+    status: String,
+    #[serde(default)]
+    psp_reference: String,
+}
+
+impl OrderInput {
+    fn into_wit(self) -> rules::FinalizedOrder {
+        rules::FinalizedOrder {
+            payment_order_id: self.payment_order_id,
+            payment_id: self.payment_id,
+            seller_id: self.seller_id,
+            amount: rules::Money {
+                quantity: self.amount.quantity,
+                currency: self.amount.currency,
+            },
+            status: if self.status.eq_ignore_ascii_case("succeeded") {
+                rules::OrderStatus::Succeeded
+            } else {
+                rules::OrderStatus::Failed
+            },
+            psp_reference: self.psp_reference,
+        }
+    }
+}
+
+pub fn outcome_json(outcome: &adapter::Outcome) -> Value {
+    match outcome {
+        adapter::Outcome::Succeeded(reference) => json!({ "succeeded": reference }),
+        adapter::Outcome::Declined(f) => json!({ "declined": { "code": f.code, "message": f.message } }),
+        adapter::Outcome::Transient(f) => json!({ "transient": { "code": f.code, "message": f.message } }),
+        adapter::Outcome::Unknown(reason) => json!({ "unknown": reason }),
+    }
+}
+
+fn entry_json(entry: &rules::JournalEntry) -> Value {
+    json!({
+        "kind": entry.kind,
+        "key": entry.key,
+        "postings": entry.postings.iter().map(|p| json!({
+            "account": p.account,
+            "side": match p.side { rules::Side::Debit => "debit", rules::Side::Credit => "credit" },
+            "amount": { "quantity": p.amount.quantity, "currency": p.amount.currency },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn entries_from_json(value: &Value) -> Result<Vec<rules::JournalEntry>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct P {
+        account: String,
+        side: String,
+        amount: MoneyInput,
+    }
+    #[derive(Deserialize)]
+    struct E {
+        kind: String,
+        key: String,
+        postings: Vec<P>,
+    }
+    let entries: Vec<E> = serde_json::from_value(value.clone())?;
+    Ok(entries
+        .into_iter()
+        .map(|e| rules::JournalEntry {
+            kind: e.kind,
+            key: e.key,
+            postings: e
+                .postings
+                .into_iter()
+                .map(|p| rules::Posting {
+                    account: p.account,
+                    side: if p.side == "debit" { rules::Side::Debit } else { rules::Side::Credit },
+                    amount: rules::Money {
+                        quantity: p.amount.quantity,
+                        currency: p.amount.currency,
+                    },
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// Expected matches actual; the string "*" in `expected` matches anything.
+pub fn matches(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::String(s), _) if s == "*" => true,
+        (Value::Object(e), Value::Object(a)) => {
+            e.len() == a.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av)))
+        }
+        (Value::Array(e), Value::Array(a)) => e.len() == a.len() && e.iter().zip(a).all(|(x, y)| matches(x, y)),
+        _ => expected == actual,
+    }
+}
+
+fn diff(expected: &Value, actual: &Value) -> String {
+    let expected = serde_json::to_string_pretty(expected).unwrap_or_default();
+    let actual = serde_json::to_string_pretty(actual).unwrap_or_default();
+    let mut out = String::from("output differs (- expected, + actual):\n");
+    let e: Vec<&str> = expected.lines().collect();
+    let a: Vec<&str> = actual.lines().collect();
+    for i in 0..e.len().max(a.len()) {
+        match (e.get(i), a.get(i)) {
+            (Some(x), Some(y)) if x == y => {
+                let _ = writeln!(out, "  {x}");
+            }
+            (x, y) => {
+                if let Some(x) = x {
+                    let _ = writeln!(out, "- {x}");
+                }
+                if let Some(y) = y {
+                    let _ = writeln!(out, "+ {y}");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matching() {
+        assert!(matches(&json!({"a": "*", "b": 1}), &json!({"a": "anything", "b": 1})));
+        assert!(!matches(&json!({"a": "*", "b": 1}), &json!({"a": "x", "b": 2})));
+        assert!(!matches(&json!({"a": 1}), &json!({"a": 1, "extra": true})));
+    }
+}

@@ -1,0 +1,269 @@
+//! What a guest may ask of the host: outbound HTTP (adapters only, through an
+//! allow-list with secret injection), a capped delay, and log lines. Also the
+//! per-store memory limiter.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+
+use super::bindings::adapter::paynode::psp_adapter::{http, log, types};
+
+/// Outbound HTTP policy of one adapter slot.
+#[derive(Clone)]
+pub struct HttpPolicy {
+    pub client: reqwest::Client,
+    /// `host:port` entries the adapter may reach.
+    pub allow_hosts: Vec<String>,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    pub secrets: Arc<BTreeMap<String, String>>,
+    /// Requests refused by the allow-list (for metrics and tests).
+    pub refused: Arc<AtomicU64>,
+}
+
+/// Upper bound on HTTP requests one call may make: an adapter that loops on
+/// `send` is stopped by this, not by the PSP.
+const MAX_HTTP_REQUESTS_PER_CALL: u32 = 8;
+
+/// The data of one store: lives exactly as long as one component call.
+pub struct HostState {
+    pub limiter: MemoryLimiter,
+    pub http: Option<HttpPolicy>,
+    pub script: Option<super::harness::HttpScript>,
+    pub max_delay_ms: u32,
+    /// Names the plugin in log lines the guest writes.
+    pub plugin: String,
+    pub trace_id: String,
+    pub http_requests: u32,
+    /// Milliseconds spent awaiting host calls (not the guest's CPU time).
+    pub host_wait_ms: u64,
+}
+
+impl HostState {
+    pub fn new(memory_bytes: usize, plugin: &str) -> Self {
+        HostState {
+            limiter: MemoryLimiter::new(memory_bytes),
+            http: None,
+            script: None,
+            max_delay_ms: 0,
+            plugin: plugin.to_string(),
+            trace_id: String::new(),
+            http_requests: 0,
+            host_wait_ms: 0,
+        }
+    }
+}
+
+/// Refuses memory growth past the cap, and remembers the peak.
+pub struct MemoryLimiter {
+    pub max_bytes: usize,
+    pub peak_bytes: usize,
+    pub hit: bool,
+}
+
+impl MemoryLimiter {
+    pub fn new(max_bytes: usize) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            peak_bytes: 0,
+            hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            // Trap rather than return -1: a guest allocator that ignores a
+            // failed grow must not limp on.
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes reached (wanted {desired})",
+                self.max_bytes
+            )));
+        }
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl http::Host for HostState {
+    async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
+        if let Some(script) = &self.script {
+            return script.answer(&request);
+        }
+        let Some(policy) = self.http.clone() else {
+            return Err(http::HttpError::Refused("this slot has no HTTP access".into()));
+        };
+        self.http_requests += 1;
+        if self.http_requests > MAX_HTTP_REQUESTS_PER_CALL {
+            return Err(http::HttpError::Refused(format!(
+                "more than {MAX_HTTP_REQUESTS_PER_CALL} requests in one call"
+            )));
+        }
+        let prepared = match prepare(&policy, request) {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                policy.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.plugin, %reason, "adapter HTTP request refused");
+                return Err(http::HttpError::Refused(reason));
+            }
+        };
+        let started = std::time::Instant::now();
+        let result = execute(&policy, prepared).await;
+        self.host_wait_ms += started.elapsed().as_millis() as u64;
+        result
+    }
+
+    async fn delay(&mut self, ms: u32) {
+        let ms = ms.min(self.max_delay_ms);
+        tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+        self.host_wait_ms += u64::from(ms);
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let message: String = message.chars().take(2_000).collect();
+        match level {
+            log::Level::Debug => tracing::debug!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
+            log::Level::Info => tracing::info!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
+            log::Level::Error => tracing::error!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+struct Prepared {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Checks the allow-list and injects secrets. Nothing is sent on error.
+fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, String> {
+    let url = reqwest::Url::parse(&request.url).map_err(|e| format!("bad url: {e}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!("scheme {} not allowed", url.scheme()));
+    }
+    let host = url.host_str().ok_or("url has no host")?;
+    let port = url.port_or_known_default().ok_or("url has no port")?;
+    let authority = format!("{host}:{port}");
+    if !policy.allow_hosts.iter().any(|allowed| allowed == &authority) {
+        return Err(format!("host {authority} is not in this adapter's allow-list"));
+    }
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| format!("bad method {}", request.method))?;
+    let headers = request
+        .headers
+        .into_iter()
+        .map(|(name, value)| Ok((name, inject_secrets(&value, &policy.secrets)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Prepared {
+        method,
+        url,
+        headers,
+        body: request.body,
+    })
+}
+
+/// Replaces every `{{secret:NAME}}` with the configured value.
+pub fn inject_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("{{secret:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + "{{secret:".len()..];
+        let end = after.find("}}").ok_or("unterminated secret placeholder")?;
+        let name = &after[..end];
+        let secret = secrets
+            .get(name)
+            .ok_or_else(|| format!("unknown secret {name}"))?;
+        out.push_str(secret);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+async fn execute(policy: &HttpPolicy, prepared: Prepared) -> Result<http::Response, http::HttpError> {
+    let mut builder = policy
+        .client
+        .request(prepared.method, prepared.url)
+        .timeout(policy.timeout)
+        .body(prepared.body);
+    for (name, value) in &prepared.headers {
+        builder = builder.header(name, value);
+    }
+    let response = builder.send().await.map_err(classify_send_error)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let mut body = Vec::new();
+    let mut response = response;
+    while let Some(chunk) = response.chunk().await.map_err(classify_send_error)? {
+        if body.len() + chunk.len() > policy.max_response_bytes {
+            return Err(http::HttpError::FailedAfterSend(format!(
+                "response larger than {} bytes",
+                policy.max_response_bytes
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(http::Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn classify_send_error(error: reqwest::Error) -> http::HttpError {
+    if error.is_timeout() {
+        http::HttpError::Timeout
+    } else if error.is_connect() {
+        http::HttpError::ConnectFailed(error.to_string())
+    } else {
+        http::HttpError::FailedAfterSend(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_injected_and_unknown_ones_refused() {
+        let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".to_string())]);
+        assert_eq!(
+            inject_secrets("Bearer {{secret:psp_api_key}}", &secrets).unwrap(),
+            "Bearer sk_live"
+        );
+        assert_eq!(inject_secrets("plain", &secrets).unwrap(), "plain");
+        assert!(inject_secrets("{{secret:other}}", &secrets).is_err());
+        assert!(inject_secrets("{{secret:psp_api_key", &secrets).is_err());
+    }
+}

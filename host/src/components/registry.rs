@@ -1,0 +1,278 @@
+//! The component registry: content-addressed versions in Postgres, the
+//! active version per slot held in an `ArcSwap`, and hot swap driven by
+//! `LISTEN/NOTIFY` with a polling fallback. A call clones the `Arc` of the
+//! version it started with, so in-flight calls finish on the old version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::host_imports::HttpPolicy;
+use super::runtime::{sha256_hex, CallEnv, Limits};
+use super::{Loaded, PluginError, Runtime, Slot};
+use crate::config::{Config, SlotConfig};
+use crate::store::plugins::{self, Activation};
+
+/// The version a slot runs now, with its guest configuration.
+pub struct Active {
+    pub loaded: Arc<Loaded>,
+    pub config: Vec<(String, String)>,
+    pub activation_id: i64,
+}
+
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    pool: PgPool,
+    config: Arc<Config>,
+    slots: [ArcSwapOption<Active>; 3],
+    /// Every version loaded so far, by sha (orders pin adapter versions).
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    http_client: reqwest::Client,
+    /// Adapter HTTP requests refused by the allow-list.
+    pub refused_requests: Arc<AtomicU64>,
+}
+
+fn index(slot: Slot) -> usize {
+    match slot {
+        Slot::PspAdapter => 0,
+        Slot::RetryPolicy => 1,
+        Slot::PostingRules => 2,
+    }
+}
+
+impl Registry {
+    pub fn new(runtime: Arc<Runtime>, pool: PgPool, config: Arc<Config>) -> Arc<Registry> {
+        Arc::new(Registry {
+            runtime,
+            pool,
+            config,
+            slots: Default::default(),
+            loaded: Mutex::new(HashMap::new()),
+            http_client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("reqwest client"),
+            refused_requests: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn slot_config(&self, slot: Slot) -> &SlotConfig {
+        match slot {
+            Slot::PspAdapter => &self.config.components.psp_adapter,
+            Slot::RetryPolicy => &self.config.components.retry_policy,
+            Slot::PostingRules => &self.config.components.posting_rules,
+        }
+    }
+
+    /// Limits and host policy for one call in `slot`.
+    pub fn env(&self, slot: Slot, trace_id: &str) -> CallEnv {
+        let slot_config = self.slot_config(slot);
+        let http = (slot == Slot::PspAdapter).then(|| HttpPolicy {
+            client: self.http_client.clone(),
+            allow_hosts: slot_config.allow_hosts.clone(),
+            timeout: Duration::from_millis(slot_config.http_timeout_ms),
+            max_response_bytes: slot_config.http_max_response_bytes,
+            secrets: Arc::new(self.config.secrets.clone()),
+            refused: self.refused_requests.clone(),
+        });
+        CallEnv {
+            limits: Limits::from_slot(slot_config),
+            http,
+            script: None,
+            trace_id: trace_id.to_string(),
+        }
+    }
+
+    /// The active version of `slot`.
+    pub fn active(&self, slot: Slot) -> Result<Arc<Active>, PluginError> {
+        self.slots[index(slot)]
+            .load_full()
+            .ok_or_else(|| PluginError::Unavailable(format!("no active {slot} component")))
+    }
+
+    /// A specific version (e.g. the adapter an order is pinned to).
+    pub async fn by_sha(&self, slot: Slot, sha256: &str) -> Result<Arc<Loaded>, PluginError> {
+        if let Some(loaded) = self.loaded.lock().unwrap().get(sha256) {
+            return Ok(loaded.clone());
+        }
+        let row = plugins::bytes(&self.pool, sha256)
+            .await
+            .map_err(|e| PluginError::Unavailable(format!("registry read: {e}")))?
+            .ok_or_else(|| PluginError::InvalidComponent(format!("no component with sha256 {sha256}")))?;
+        if row.0 != slot.as_str() {
+            return Err(PluginError::InvalidComponent(format!("{sha256} is a {} component", row.0)));
+        }
+        self.load_bytes(slot, &row.1).await
+    }
+
+    async fn load_bytes(&self, slot: Slot, bytes: &[u8]) -> Result<Arc<Loaded>, PluginError> {
+        let loaded = Arc::new(self.runtime.load(slot, bytes).await?);
+        self.loaded
+            .lock()
+            .unwrap()
+            .insert(loaded.sha256.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Validates and stores a component. With fixtures, they must pass in the
+    /// harness first. Returns the stored version.
+    pub async fn push(
+        &self,
+        slot: Slot,
+        bytes: &[u8],
+        fixtures: Option<&super::harness::FixtureFile>,
+        actor: &str,
+    ) -> Result<plugins::PluginRow, PushError> {
+        let loaded = self.load_bytes(slot, bytes).await.map_err(PushError::Refused)?;
+        if let Some(fixtures) = fixtures {
+            let report = super::harness::run(&self.runtime, &loaded, fixtures, &self.env(slot, "harness")).await;
+            if !report.passed() {
+                return Err(PushError::FixturesFailed(report.render()));
+            }
+        }
+        plugins::insert(&self.pool, &loaded.sha256, slot.as_str(), &loaded.name, &loaded.version, bytes, actor)
+            .await
+            .map_err(|e| PushError::Store(e.into()))?;
+        plugins::audit(
+            &self.pool,
+            actor,
+            "push",
+            slot.as_str(),
+            &serde_json::json!({ "sha256": loaded.sha256, "name": loaded.name, "version": loaded.version }),
+        )
+        .await
+        .map_err(|e| PushError::Store(e.into()))?;
+        Ok(plugins::PluginRow {
+            sha256: loaded.sha256.clone(),
+            slot: slot.as_str().into(),
+            name: loaded.name.clone(),
+            version: loaded.version.clone(),
+            uploaded_by: actor.into(),
+            uploaded_at: chrono::Utc::now(),
+        })
+    }
+
+    /// Activates the default component of every empty slot from the
+    /// components directory (first start of a fresh database).
+    pub async fn bootstrap(&self, dir: &Path) -> anyhow::Result<()> {
+        let active = plugins::active(&self.pool).await?;
+        for slot in Slot::ALL {
+            if active.iter().any(|a| a.slot == slot.as_str()) {
+                continue;
+            }
+            let slot_config = self.slot_config(slot);
+            let path = dir.join(format!("{}.wasm", slot_config.default_component));
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("reading {} (run `cargo xtask components`)", path.display()))?;
+            self.push(slot, &bytes, None, "bootstrap")
+                .await
+                .map_err(|e| anyhow::anyhow!("{} : {e}", path.display()))?;
+            let config = serde_json::to_value(&slot_config.config)?;
+            plugins::activate(&self.pool, slot.as_str(), &sha256_hex(&bytes), &config, "activate", "bootstrap").await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the node's active versions match the database.
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        for activation in plugins::active(&self.pool).await? {
+            let Some(slot) = Slot::parse(&activation.slot) else { continue };
+            let current = self.slots[index(slot)].load();
+            if current.as_ref().is_some_and(|c| c.activation_id == activation.id) {
+                continue;
+            }
+            self.swap(slot, &activation).await?;
+        }
+        Ok(())
+    }
+
+    async fn swap(&self, slot: Slot, activation: &Activation) -> anyhow::Result<()> {
+        let loaded = self.by_sha(slot, &activation.sha256).await?;
+        tracing::info!(%slot, sha256 = %loaded.sha256, name = %loaded.name, version = %loaded.version,
+            activation = activation.id, "component activated");
+        crate::metrics::component_active(slot.as_str(), &loaded.sha256, &loaded.name, &loaded.version);
+        self.slots[index(slot)].store(Some(Arc::new(Active {
+            loaded,
+            config: activation.config_pairs(),
+            activation_id: activation.id,
+        })));
+        Ok(())
+    }
+
+    /// Follows activations: NOTIFY for speed, polling in case a notification
+    /// was lost (e.g. the LISTEN connection dropped).
+    pub fn spawn_watcher(self: &Arc<Self>, shutdown: CancellationToken) {
+        let registry = self.clone();
+        let poll = Duration::from_millis(self.config.components.poll_interval_ms);
+        tokio::spawn(async move {
+            let mut listener = registry.listen().await;
+            loop {
+                let notified = async {
+                    match listener.as_mut() {
+                        Some(l) => l.try_recv().await.ok().flatten().is_some(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = notified => {
+                        if !got {
+                            tracing::warn!("plugin LISTEN connection lost; polling until it is back");
+                            listener = None;
+                        }
+                    }
+                    _ = tokio::time::sleep(poll) => {
+                        if listener.is_none() {
+                            listener = registry.listen().await;
+                        }
+                    }
+                }
+                if let Err(error) = registry.refresh().await {
+                    tracing::error!(error = %format!("{error:#}"), "refreshing active components failed");
+                }
+            }
+        });
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen(plugins::CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// Slot → (sha, name, version) of what this node runs now.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, (String, String, String)> {
+        Slot::ALL
+            .into_iter()
+            .filter_map(|slot| {
+                let active = self.slots[index(slot)].load_full()?;
+                Some((
+                    slot.as_str(),
+                    (active.loaded.sha256.clone(), active.loaded.name.clone(), active.loaded.version.clone()),
+                ))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("{0}")]
+    Refused(PluginError),
+    #[error("fixtures failed:\n{0}")]
+    FixturesFailed(String),
+    #[error("registry: {0}")]
+    Store(anyhow::Error),
+}

@@ -1,0 +1,5 @@
+//! Pure domain types: money, payment statuses, event envelopes. No I/O here.
+
+pub mod events;
+pub mod money;
+pub mod payment;

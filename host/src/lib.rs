@@ -1,0 +1,31 @@
+//! # paynode
+//!
+//! A payment-processing node. The host (this crate) owns every side effect:
+//! HTTP, Postgres, Kafka transactions, Redis, time, randomness and secrets.
+//! WebAssembly components own the business decisions: how to talk to a PSP,
+//! when to retry, what to post to the ledger.
+//!
+//! # Layout
+//! - [`domain`]: money, statuses, event envelope. Pure, no I/O.
+//! - [`api`]: axum routes, problem+json errors, idempotency, auth.
+//! - [`store`]: Postgres queries; migrations live in `host/migrations`.
+//! - [`pipeline`]: one module per seed stage, plus the one transactional
+//!   consume → decide → produce loop they share.
+//! - [`components`]: wasmtime runtime, limits, host imports, registry, harness.
+//! - [`kafka`]: topic names, client settings, topic creation.
+//! - [`node`]: wires everything up for `paynode serve`.
+//! - [`cli`]: the subcommands.
+
+pub mod api;
+pub mod balance_cache;
+pub mod cli;
+pub mod components;
+pub mod config;
+pub mod domain;
+pub mod kafka;
+pub mod metrics;
+pub mod node;
+pub mod pipeline;
+pub mod retry_queue;
+pub mod store;
+pub mod telemetry;

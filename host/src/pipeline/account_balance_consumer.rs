@@ -1,0 +1,78 @@
+//! AccountBalanceConsumer.
+//!
+//! - consumes `ledger_entries_recorded_topic` (key sellerId); produces nothing
+//! - applies each journal to `account_balances` exactly once (per-journal
+//!   idempotency through `applied_journals`, not a watermark), summing deltas
+//!   per batch and updating accounts in sorted order (platform accounts are
+//!   hot rows), then refreshes the Redis cache with a version check
+//! - DLQ: undecodable events
+
+use async_trait::async_trait;
+
+use super::stage_loop::{decode, Decision, Failure, Inbound, Stage};
+use super::PipelineContext;
+use crate::balance_cache::BalanceCache;
+use crate::domain::events::{Envelope, LedgerEntriesRecorded};
+use crate::kafka::topic;
+use crate::store::ledger;
+
+pub struct AccountBalanceConsumer {
+    ctx: PipelineContext,
+    cache: BalanceCache,
+}
+
+impl AccountBalanceConsumer {
+    pub fn new(ctx: PipelineContext) -> Self {
+        let cache = BalanceCache::new(ctx.redis.clone(), &ctx.names);
+        AccountBalanceConsumer { ctx, cache }
+    }
+}
+
+fn journals_of(record: &Inbound) -> Result<Vec<String>, Failure> {
+    let envelope = decode(record)?;
+    let recorded: LedgerEntriesRecorded = envelope.payload().map_err(|e| Failure::Poison {
+        class: "undecodable",
+        message: format!("bad LedgerEntriesRecorded: {e}"),
+    })?;
+    Ok(recorded.journals.into_iter().map(|j| j.journal_id).collect())
+}
+
+#[async_trait]
+impl Stage for AccountBalanceConsumer {
+    fn name(&self) -> &'static str {
+        "account_balance_consumer"
+    }
+
+    fn input_topic(&self) -> &'static str {
+        topic::LEDGER_ENTRIES_RECORDED
+    }
+
+    async fn handle(&self, _envelope: &Envelope) -> Decision {
+        unreachable!("handle_batch is overridden")
+    }
+
+    /// One DB transaction for the whole batch.
+    async fn handle_batch(&self, batch: &[Inbound], _concurrency: usize) -> Vec<Decision> {
+        let parsed: Vec<Result<Vec<String>, Failure>> = batch.iter().map(journals_of).collect();
+        let mut journal_ids: Vec<String> = parsed.iter().filter_map(|p| p.as_ref().ok()).flatten().cloned().collect();
+        journal_ids.sort();
+        journal_ids.dedup();
+        let applied = ledger::apply_to_balances(&self.ctx.pool, &journal_ids).await;
+        match applied {
+            Ok(rows) => {
+                if let Err(error) = self.cache.store(&rows).await {
+                    // The cache is not the truth; readers fall back to Postgres.
+                    tracing::warn!(error = %format!("{error:#}"), "balance cache refresh failed");
+                }
+                parsed.into_iter().map(|p| p.map(|_| Vec::new())).collect()
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                batch
+                    .iter()
+                    .map(|_| Err(Failure::Retryable(anyhow::anyhow!("{message}"))))
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! OutboxDispatcher.
+//!
+//! - reads `outbox_event` rows (claimed `FOR UPDATE SKIP LOCKED`, batched, oldest first)
+//! - produces each to its topic (`payment_order_created_topic` for intake) in
+//!   one Kafka transaction per batch, keyed as the row says (paymentOrderId)
+//! - marks rows SENT after the Kafka commit, in the claiming DB transaction;
+//!   a crash in between re-sends them, and downstream dedupes by eventId
+//! - also keeps the 30-minute partitions ahead and drops drained ones (worker 0)
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::stage_loop::{is_fatal, send, Outbound};
+use super::PipelineContext;
+use crate::domain::events::Envelope;
+use crate::kafka;
+use crate::store::outbox;
+
+/// How often worker 0 maintains partitions.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let txid = ctx
+        .names
+        .transactional_id("outbox_dispatcher", &ctx.config.stages.instance_id, worker);
+    let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
+    let poll = Duration::from_millis(ctx.config.outbox.poll_interval_ms);
+    let worker_label = worker.to_string();
+    let mut last_maintenance: Option<Instant> = None;
+    tracing::info!(worker, "outbox dispatcher started");
+    while !shutdown.is_cancelled() {
+        if worker == 0 && last_maintenance.is_none_or(|t| t.elapsed() > MAINTENANCE_INTERVAL) {
+            last_maintenance = Some(Instant::now());
+            maintain(&ctx).await;
+        }
+        match dispatch_batch(&ctx, &producer).await {
+            Ok(0) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+            Ok(sent) => crate::metrics::outbox_dispatched(&worker_label, sent),
+            Err(DispatchError::Fatal(error)) => return Err(error),
+            Err(DispatchError::Retry(error)) => {
+                crate::metrics::outbox_dispatch_failed(&worker_label);
+                tracing::warn!(error = %format!("{error:#}"), "outbox batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn maintain(ctx: &PipelineContext) {
+    let outbox = &ctx.config.outbox;
+    match outbox::maintain_partitions(&ctx.pool, outbox.partitions_ahead_minutes, outbox.keep_drained_minutes).await {
+        Ok((created, dropped)) if created + dropped > 0 => {
+            tracing::info!(created, dropped, "outbox partitions maintained")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "outbox partition maintenance failed"),
+    }
+}
+
+enum DispatchError {
+    Fatal(anyhow::Error),
+    Retry(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for DispatchError {
+    fn from(error: E) -> Self {
+        DispatchError::Retry(error.into())
+    }
+}
+
+/// Publishes one batch; returns how many rows were sent.
+async fn dispatch_batch(ctx: &PipelineContext, producer: &rdkafka::producer::FutureProducer) -> Result<usize, DispatchError> {
+    use rdkafka::producer::Producer;
+    let mut tx = ctx.pool.begin().await?;
+    let rows = outbox::claim(&mut tx, ctx.config.outbox.batch_size).await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let timeout = Duration::from_secs(30);
+    let kafka_error = |error: rdkafka::error::KafkaError| {
+        if is_fatal(&error) {
+            DispatchError::Fatal(error.into())
+        } else {
+            DispatchError::Retry(error.into())
+        }
+    };
+    producer.begin_transaction().map_err(kafka_error)?;
+    for row in &rows {
+        let envelope: Envelope = serde_json::from_value(row.envelope.clone())?;
+        let topic = kafka::topic::ALL
+            .into_iter()
+            .find(|t| *t == row.topic)
+            .ok_or_else(|| anyhow::anyhow!("outbox row for unknown topic {}", row.topic))?;
+        if let Err(error) = send(producer, &ctx.names, &Outbound::new(topic, row.message_key.clone(), envelope)) {
+            let _ = producer.abort_transaction(timeout);
+            return Err(DispatchError::Retry(error));
+        }
+    }
+    if let Err(error) = producer.commit_transaction(timeout) {
+        if !is_fatal(&error) {
+            let _ = producer.abort_transaction(timeout);
+        }
+        return Err(kafka_error(error));
+    }
+    outbox::mark_sent(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}

@@ -1,0 +1,129 @@
+//! RetryDispatcherScheduler.
+//!
+//! - reads due retries from Redis (one Lua script claims them into a leased
+//!   in-flight set), produces them to `payment_order_psp_call_requested_topic`
+//!   (key paymentOrderId) in one Kafka transaction, and acknowledges them in
+//!   Redis only after the commit; an expired lease returns an item to the queue
+//! - a sweeper re-adds retries that Postgres says are overdue but Redis lost
+//! - idempotency: the event id is (order, attempt)-derived; the executor's
+//!   attempt claim absorbs a duplicate delivery
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio_util::sync::CancellationToken;
+
+use super::stage_loop::{is_fatal, send, Outbound};
+use super::PipelineContext;
+use crate::domain::events::{event_type, Envelope, OrderRef, PspCallRequested};
+use crate::domain::money::Money;
+use crate::kafka::{self, topic};
+use crate::store::orders;
+
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let txid = ctx
+        .names
+        .transactional_id("retry_dispatcher_scheduler", &ctx.config.stages.instance_id, worker);
+    let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
+    let poll = Duration::from_millis(ctx.config.retry.poll_interval_ms);
+    let mut last_sweep = tokio::time::Instant::now();
+    tracing::info!(worker, "retry scheduler started");
+    while !shutdown.is_cancelled() {
+        match dispatch_due(&ctx, &producer).await {
+            Ok(count) => {
+                crate::metrics::retry_batch(count);
+                if count > 0 {
+                    continue;
+                }
+            }
+            Err(error) => {
+                crate::metrics::retry_event("failed");
+                if error.downcast_ref::<rdkafka::error::KafkaError>().is_some_and(is_fatal) {
+                    return Err(error);
+                }
+                tracing::warn!(error = %format!("{error:#}"), "retry dispatch failed");
+            }
+        }
+        if worker == 0 && last_sweep.elapsed() > SWEEP_INTERVAL {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(error) = sweep(&ctx).await {
+                tracing::warn!(error = %format!("{error:#}"), "retry sweep failed");
+            }
+        }
+        if let Ok(size) = ctx.retry_queue.size().await {
+            crate::metrics::retry_queue_size(size);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyhow::Result<usize> {
+    let retry = &ctx.config.retry;
+    let now_ms = Utc::now().timestamp_millis();
+    let due = ctx.retry_queue.claim_due(now_ms, retry.batch_size, retry.lease_ms).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let timeout = Duration::from_secs(30);
+    let produced = (|| -> anyhow::Result<()> {
+        producer.begin_transaction()?;
+        for event in &due {
+            let out = Outbound::new(topic::PSP_CALL_REQUESTED, event.aggregate_id.clone(), event.clone());
+            if let Err(error) = send(producer, &ctx.names, &out) {
+                let _ = producer.abort_transaction(timeout);
+                return Err(error);
+            }
+        }
+        if let Err(error) = producer.commit_transaction(timeout) {
+            if !is_fatal(&error) {
+                let _ = producer.abort_transaction(timeout);
+            }
+            return Err(error.into());
+        }
+        Ok(())
+    })();
+    if let Err(error) = produced {
+        ctx.retry_queue.release(&due, now_ms).await?;
+        return Err(error);
+    }
+    ctx.retry_queue.ack(&due).await?;
+    for _ in &due {
+        crate::metrics::retry_event("processed");
+    }
+    Ok(due.len())
+}
+
+/// Re-adds overdue retries that Redis no longer holds (Redis lost data).
+async fn sweep(ctx: &PipelineContext) -> anyhow::Result<()> {
+    let grace = chrono::Duration::milliseconds(ctx.config.retry.sweep_grace_ms as i64);
+    for (order_id, attempt, due) in orders::due_retries(&ctx.pool, Utc::now() - grace, 1000).await? {
+        let Some(order) = orders::get(&ctx.pool, order_id).await? else { continue };
+        let request = PspCallRequested {
+            order: OrderRef {
+                payment_order_id: order.payment_order_id,
+                payment_id: order.payment_id,
+                seller_id: order.seller_id.clone(),
+                amount: Money::new(order.amount_minor, &order.currency),
+            },
+            attempt: attempt as u32,
+        };
+        let key = order_id.to_string();
+        let trace_id: String = sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
+            .bind(order.payment_id)
+            .fetch_one(&ctx.pool)
+            .await?;
+        let event = Envelope::new(event_type::PSP_CALL_REQUESTED, &key, attempt as u32, &trace_id, None, &request);
+        if !ctx.retry_queue.contains(&event).await? {
+            tracing::warn!(%order_id, attempt, "retry missing from Redis; re-adding");
+            ctx.retry_queue.schedule(&event, due.timestamp_millis()).await?;
+        }
+    }
+    Ok(())
+}

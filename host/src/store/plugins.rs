@@ -1,0 +1,166 @@
+//! plugins, plugin_activations and admin_audit: the component registry.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// NOTIFY channel on which activations are announced.
+pub const CHANNEL: &str = "paynode_plugins";
+
+#[derive(sqlx::FromRow, Serialize, Clone, Debug, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginRow {
+    pub sha256: String,
+    pub slot: String,
+    pub name: String,
+    pub version: String,
+    pub uploaded_by: String,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow, Serialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Activation {
+    pub id: i64,
+    pub slot: String,
+    pub sha256: String,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub action: String,
+    pub activated_by: String,
+    pub activated_at: DateTime<Utc>,
+}
+
+impl Activation {
+    /// The guest-visible configuration as WIT wants it.
+    pub fn config_pairs(&self) -> Vec<(String, String)> {
+        config_pairs(&self.config)
+    }
+}
+
+pub fn config_pairs(config: &Value) -> Vec<(String, String)> {
+    let map: BTreeMap<String, Value> = serde_json::from_value(config.clone()).unwrap_or_default();
+    map.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
+}
+
+pub async fn insert(
+    pool: &PgPool,
+    sha256: &str,
+    slot: &str,
+    name: &str,
+    version: &str,
+    bytes: &[u8],
+    uploaded_by: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO plugins (sha256, slot, name, version, bytes, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(sha256)
+    .bind(slot)
+    .bind(name)
+    .bind(version)
+    .bind(bytes)
+    .bind(uploaded_by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn bytes(pool: &PgPool, sha256: &str) -> sqlx::Result<Option<(String, Vec<u8>)>> {
+    sqlx::query_as("SELECT slot, bytes FROM plugins WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<PluginRow>> {
+    sqlx::query_as(
+        "SELECT sha256, slot, name, version, uploaded_by, uploaded_at FROM plugins ORDER BY slot, uploaded_at",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn active(pool: &PgPool) -> sqlx::Result<Vec<Activation>> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (slot) id, slot, sha256, config, action, activated_by, activated_at
+         FROM plugin_activations ORDER BY slot, id DESC",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Appends an activation and announces it, in one transaction.
+pub async fn activate(
+    pool: &PgPool,
+    slot: &str,
+    sha256: &str,
+    config: &Value,
+    action: &str,
+    actor: &str,
+) -> sqlx::Result<Activation> {
+    let mut tx = pool.begin().await?;
+    let activation: Activation = sqlx::query_as(
+        "INSERT INTO plugin_activations (slot, sha256, config, action, activated_by) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, slot, sha256, config, action, activated_by, activated_at",
+    )
+    .bind(slot)
+    .bind(sha256)
+    .bind(config)
+    .bind(action)
+    .bind(actor)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit_in(&mut tx, actor, action, slot, &serde_json::json!({ "sha256": sha256, "config": config })).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(slot)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(activation)
+}
+
+/// The activation before the current one whose sha differs (rollback target).
+pub async fn previous(pool: &PgPool, slot: &str) -> sqlx::Result<Option<Activation>> {
+    sqlx::query_as(
+        "WITH current AS (SELECT sha256 FROM plugin_activations WHERE slot = $1 ORDER BY id DESC LIMIT 1)
+         SELECT id, slot, sha256, config, action, activated_by, activated_at FROM plugin_activations
+         WHERE slot = $1 AND sha256 <> (SELECT sha256 FROM current) ORDER BY id DESC LIMIT 1",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn audit(pool: &PgPool, actor: &str, action: &str, target: &str, details: &Value) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    audit_in(&mut tx, actor, action, target, details).await?;
+    tx.commit().await
+}
+
+async fn audit_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO admin_audit (actor, action, target, details) VALUES ($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(details)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

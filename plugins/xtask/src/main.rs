@@ -1,0 +1,621 @@
+//! `cargo xtask components [NAME...]`: build every guest crate of the
+//! workspace for wasm32, turn each core module into a component and write it
+//! to `<workspace>/target/components/<package>.wasm` (or
+//! `$PAYNODE_COMPONENTS_DIR`), with a `manifest.json` beside it.
+//!
+//! Guest crates are the workspace members whose Cargo.toml carries
+//! `[package.metadata.paynode] slot = "psp-adapter" | "retry-policy" |
+//! "posting-rules"`.
+
+use std::collections::BTreeMap;
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const GUEST_PROFILE: &str = "guest";
+const SLOTS: [&str; 3] = ["psp-adapter", "retry-policy", "posting-rules"];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "paynode developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build guest crates into WebAssembly components.
+    Components {
+        /// Only these packages (default: every guest crate).
+        names: Vec<String>,
+        /// Print the output directory and exit.
+        #[arg(long)]
+        print_dir: bool,
+        /// After building, decode each component and check its world.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Components {
+            names,
+            print_dir,
+            verify,
+        } => {
+            let ws = Workspace::load()?;
+            let out_dir = components_dir(&ws.root);
+            if print_dir {
+                println!("{}", out_dir.display());
+                return Ok(());
+            }
+            let selected = ws.select(&names)?;
+            build_components(&ws, &selected, &out_dir)?;
+            write_manifest(&ws, &out_dir)?;
+            if verify {
+                verify_components(&ws.root, &selected, &out_dir)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workspace discovery
+
+#[derive(Deserialize)]
+struct Metadata {
+    packages: Vec<MetaPackage>,
+    workspace_root: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct MetaPackage {
+    name: String,
+    version: String,
+    id: String,
+    manifest_path: PathBuf,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug)]
+struct Guest {
+    name: String,
+    version: String,
+    id: String,
+    slot: String,
+    dir: PathBuf,
+}
+
+struct Workspace {
+    root: PathBuf,
+    guests: Vec<Guest>,
+}
+
+fn cargo_bin() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+impl Workspace {
+    fn load() -> Result<Self> {
+        // `cargo run` sets CARGO_MANIFEST_DIR to plugins/xtask at run time;
+        // fall back to where this crate was compiled.
+        let xtask_dir = env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let out = Command::new(cargo_bin())
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .arg("--manifest-path")
+            .arg(xtask_dir.join("Cargo.toml"))
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running cargo metadata")?;
+        if !out.status.success() {
+            bail!("cargo metadata failed ({})", out.status);
+        }
+        let meta: Metadata =
+            serde_json::from_slice(&out.stdout).context("parsing cargo metadata output")?;
+        let mut guests = Vec::new();
+        for p in meta.packages {
+            let slot = p
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("paynode"))
+                .and_then(|m| m.get("slot"))
+                .and_then(|s| s.as_str());
+            let Some(slot) = slot else { continue };
+            if !SLOTS.contains(&slot) {
+                bail!(
+                    "package {} has unknown [package.metadata.paynode] slot {slot:?} (expected one of {SLOTS:?})",
+                    p.name
+                );
+            }
+            let dir = p
+                .manifest_path
+                .parent()
+                .ok_or_else(|| anyhow!("bad manifest path for {}", p.name))?
+                .to_path_buf();
+            guests.push(Guest {
+                name: p.name,
+                version: p.version,
+                id: p.id,
+                slot: slot.to_string(),
+                dir,
+            });
+        }
+        guests.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Workspace {
+            root: meta.workspace_root,
+            guests,
+        })
+    }
+
+    fn select(&self, names: &[String]) -> Result<Vec<Guest>> {
+        if names.is_empty() {
+            if self.guests.is_empty() {
+                bail!("no guest crates found (none has [package.metadata.paynode] slot)");
+            }
+            return Ok(self.guests.clone());
+        }
+        let mut out = Vec::new();
+        for n in names {
+            match self.guests.iter().find(|g| &g.name == n) {
+                Some(g) => {
+                    if !out.iter().any(|o: &Guest| o.name == g.name) {
+                        out.push(g.clone());
+                    }
+                }
+                None => {
+                    let known: Vec<&str> = self.guests.iter().map(|g| g.name.as_str()).collect();
+                    bail!("unknown guest crate {n:?}; known: {}", known.join(", "));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn components_dir(root: &Path) -> PathBuf {
+    match env::var_os("PAYNODE_COMPONENTS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => root.join("target").join("components"),
+    }
+}
+
+fn guest_target_dir(root: &Path) -> PathBuf {
+    match env::var_os("PAYNODE_GUEST_TARGET_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => root.join("target").join("wasm-guests"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Toolchain selection
+
+enum Toolchain {
+    /// rustup's active toolchain has the wasm32 target installed.
+    Rustup { rustc: String },
+    /// Some rustc with the std sources (e.g. Debian's rustc-web + rust-web-src):
+    /// build std ourselves and link with an external rust-lld.
+    BuildStd { rustc: PathBuf, linker: PathBuf },
+}
+
+impl Toolchain {
+    fn detect() -> Result<Self> {
+        if let Ok(out) = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .stderr(Stdio::null())
+            .output()
+        {
+            let listed = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && listed.lines().any(|l| l.trim() == WASM_TARGET) {
+                let rustc = Command::new("rustup")
+                    .args(["which", "rustc"])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_else(|| "rustc".to_string());
+                return Ok(Toolchain::Rustup { rustc });
+            }
+        }
+        let rustc = find_rustc_with_src()?;
+        let linker = find_linker()?;
+        Ok(Toolchain::BuildStd { rustc, linker })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Toolchain::Rustup { rustc } => {
+                format!("rustup toolchain with {WASM_TARGET} installed ({rustc})")
+            }
+            Toolchain::BuildStd { rustc, linker } => format!(
+                "{} with -Zbuild-std=std,panic_abort (RUSTC_BOOTSTRAP=1), linker {}",
+                rustc.display(),
+                linker.display()
+            ),
+        }
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        if let Toolchain::BuildStd { rustc, linker } = self {
+            cmd.env("RUSTC", rustc)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker)
+                .arg("-Zbuild-std=std,panic_abort");
+        }
+    }
+}
+
+fn rustc_sysroot(rustc: &Path) -> Option<PathBuf> {
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn find_rustc_with_src() -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = env::var_os("PAYNODE_GUEST_RUSTC") {
+        candidates.push(p.into());
+    }
+    candidates.push("/usr/bin/rustc".into());
+    for rustc in &candidates {
+        if let Some(sysroot) = rustc_sysroot(rustc) {
+            let lib = sysroot.join("lib/rustlib/src/rust/library/std/Cargo.toml");
+            if lib.is_file() {
+                return Ok(rustc.clone());
+            }
+        }
+    }
+    bail!(
+        "no usable wasm toolchain: `rustup target list --installed` lacks {WASM_TARGET} and none of {:?} has the std sources (install rust-src, or Debian's rustc-web + rust-web-src, or set PAYNODE_GUEST_RUSTC)",
+        candidates
+    )
+}
+
+fn find_linker() -> Result<PathBuf> {
+    if let Some(p) = env::var_os("PAYNODE_WASM_LINKER") {
+        return Ok(p.into());
+    }
+    let rustup_home = env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".rustup")));
+    if let Some(home) = rustup_home {
+        if let Ok(entries) = fs::read_dir(home.join("toolchains")) {
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| {
+                    e.path()
+                        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld")
+                })
+                .filter(|p| p.is_file())
+                .collect();
+            found.sort();
+            if let Some(p) = found.into_iter().next() {
+                return Ok(p);
+            }
+        }
+    }
+    for name in ["rust-lld", "wasm-ld"] {
+        if let Some(paths) = env::var_os("PATH") {
+            for dir in env::split_paths(&paths) {
+                let p = dir.join(name);
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+        }
+    }
+    bail!("no wasm linker found (rust-lld under ~/.rustup/toolchains, rust-lld or wasm-ld on PATH); set PAYNODE_WASM_LINKER")
+}
+
+// ---------------------------------------------------------------------------
+// Build + componentize
+
+fn build_core_modules(
+    ws: &Workspace,
+    guests: &[Guest],
+    tc: &Toolchain,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let target_dir = guest_target_dir(&ws.root);
+    let mut cmd = Command::new(cargo_bin());
+    cmd.current_dir(&ws.root)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(ws.root.join("Cargo.toml"))
+        .args(["--target", WASM_TARGET, "--profile", GUEST_PROFILE])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .arg("--message-format=json-render-diagnostics");
+    tc.apply(&mut cmd);
+    for g in guests {
+        cmd.args(["-p", &g.name]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().context("spawning cargo build")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut artifacts = BTreeMap::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            println!("{line}");
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_cdylib = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+        if !is_cdylib {
+            continue;
+        }
+        let Some(guest) = guests.iter().find(|g| msg["package_id"] == g.id.as_str()) else {
+            continue;
+        };
+        let wasm = msg["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .find(|f| f.ends_with(".wasm"));
+        if let Some(f) = wasm {
+            artifacts.insert(guest.name.clone(), PathBuf::from(f));
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo build of the guest crates failed ({status})");
+    }
+    for g in guests {
+        if !artifacts.contains_key(&g.name) {
+            bail!(
+                "cargo produced no .wasm for {} (is it crate-type = [\"cdylib\"]?)",
+                g.name
+            );
+        }
+    }
+    Ok(artifacts)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn build_components(ws: &Workspace, guests: &[Guest], out_dir: &Path) -> Result<()> {
+    let tc = Toolchain::detect()?;
+    println!("toolchain: {}", tc.describe());
+    println!("guest target dir: {}", guest_target_dir(&ws.root).display());
+    println!("components dir: {}", out_dir.display());
+    let started = Instant::now();
+    let artifacts = build_core_modules(ws, guests, &tc)?;
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    let mut failures = Vec::new();
+    for g in guests {
+        let core_path = &artifacts[&g.name];
+        match componentize(g, core_path, out_dir) {
+            Ok((size, sha, built)) => println!(
+                "{:<26} {:<14} {:>9} bytes  sha256:{}  {}",
+                g.name,
+                g.slot,
+                size,
+                sha,
+                if built { "built" } else { "up to date" }
+            ),
+            Err(e) => {
+                eprintln!("{}: {e:#}", g.name);
+                failures.push(g.name.clone());
+            }
+        }
+    }
+    println!(
+        "{} component(s) in {:.1}s",
+        guests.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        bail!("componentizing failed for: {}", failures.join(", "));
+    }
+    Ok(())
+}
+
+/// Returns (size, sha256 of the component, whether it was (re)encoded).
+fn componentize(g: &Guest, core_path: &Path, out_dir: &Path) -> Result<(u64, String, bool)> {
+    let core = fs::read(core_path).with_context(|| format!("reading {}", core_path.display()))?;
+    let core_sha = sha256_hex(&core);
+    let wasm_path = out_dir.join(format!("{}.wasm", g.name));
+    let sha_path = out_dir.join(format!("{}.core.sha256", g.name));
+    let previous = fs::read_to_string(&sha_path).unwrap_or_default();
+    if previous.trim() == core_sha {
+        if let Ok(bytes) = fs::read(&wasm_path) {
+            return Ok((bytes.len() as u64, sha256_hex(&bytes), false));
+        }
+    }
+    let component = wit_component::ComponentEncoder::default()
+        .module(&core)
+        .with_context(|| format!("loading core module {}", core_path.display()))?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("encoding component for {}", g.name))?;
+    write_atomic(&wasm_path, &component)?;
+    write_atomic(&sha_path, format!("{core_sha}\n").as_bytes())?;
+    Ok((component.len() as u64, sha256_hex(&component), true))
+}
+
+// ---------------------------------------------------------------------------
+// Manifest
+
+#[derive(Serialize)]
+struct ManifestEntry {
+    name: String,
+    slot: String,
+    version: String,
+    sha256: String,
+    path: PathBuf,
+    fixtures: Option<PathBuf>,
+}
+
+/// Lists every guest crate whose component exists in `out_dir`, so building
+/// a subset does not drop the others from the manifest.
+fn write_manifest(ws: &Workspace, out_dir: &Path) -> Result<()> {
+    let mut entries = Vec::new();
+    for g in &ws.guests {
+        let path = out_dir.join(format!("{}.wasm", g.name));
+        let Ok(bytes) = fs::read(&path) else { continue };
+        let path = fs::canonicalize(&path).unwrap_or(path);
+        let fixtures = g.dir.join("fixtures");
+        entries.push(ManifestEntry {
+            name: g.name.clone(),
+            slot: g.slot.clone(),
+            version: g.version.clone(),
+            sha256: sha256_hex(&bytes),
+            path,
+            fixtures: fixtures.is_dir().then_some(fixtures),
+        });
+    }
+    let json = serde_json::to_string_pretty(&entries)?;
+    write_atomic(
+        &out_dir.join("manifest.json"),
+        format!("{json}\n").as_bytes(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Verify
+
+fn contract(slot: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match slot {
+        "psp-adapter" => (
+            &["info", "charge", "status"],
+            &[
+                "paynode:psp-adapter/types@1.0.0",
+                "paynode:psp-adapter/http@1.0.0",
+                "paynode:psp-adapter/log@1.0.0",
+            ],
+        ),
+        "retry-policy" => (&["info", "decide"], &["paynode:retry-policy/types@1.0.0"]),
+        "posting-rules" => (&["info", "post"], &["paynode:posting-rules/types@1.0.0"]),
+        _ => (&[], &[]),
+    }
+}
+
+fn world_key_name(resolve: &wit_parser::Resolve, key: &wit_parser::WorldKey) -> String {
+    match key {
+        wit_parser::WorldKey::Name(n) => n.clone(),
+        wit_parser::WorldKey::Interface(id) => resolve
+            .id_of(*id)
+            .unwrap_or_else(|| format!("<anonymous interface {id:?}>")),
+    }
+}
+
+/// Decodes each component's WIT world and checks it against its slot's
+/// contract. Reference components must match exactly; test components
+/// (under tests/components) may break the contract on purpose, which is
+/// only reported.
+fn verify_components(root: &Path, guests: &[Guest], out_dir: &Path) -> Result<()> {
+    let tests_dir = root.join("tests");
+    let mut bad = Vec::new();
+    for g in guests {
+        let path = out_dir.join(format!("{}.wasm", g.name));
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let decoded = wit_component::decode(&bytes)
+            .with_context(|| format!("decoding {}", path.display()))?;
+        let resolve = decoded.resolve();
+        let world = &resolve.worlds[decoded.package_world_id()?];
+        // Type items (from the world's `use`) are not imports of anything.
+        let imports: Vec<String> = world
+            .imports
+            .iter()
+            .filter(|(_, item)| !matches!(item, wit_parser::WorldItem::Type(_)))
+            .map(|(k, _)| world_key_name(resolve, k))
+            .collect();
+        let exports: Vec<String> = world
+            .exports
+            .keys()
+            .map(|k| world_key_name(resolve, k))
+            .collect();
+        let (want_exports, allowed_imports) = contract(&g.slot);
+        let missing: Vec<&str> = want_exports
+            .iter()
+            .copied()
+            .filter(|e| !exports.iter().any(|x| x == e))
+            .collect();
+        let foreign: Vec<&String> = imports
+            .iter()
+            .filter(|i| !allowed_imports.contains(&i.as_str()))
+            .collect();
+        let is_test = g.dir.starts_with(&tests_dir);
+        let ok = missing.is_empty() && foreign.is_empty();
+        println!(
+            "{:<26} exports [{}] imports [{}]{}",
+            g.name,
+            exports.join(", "),
+            imports.join(", "),
+            match (ok, is_test) {
+                (true, _) => String::new(),
+                (false, true) => format!(
+                    "  (test component breaks the contract: missing {missing:?}, outside {foreign:?})"
+                ),
+                (false, false) => format!("  MISSING {missing:?} OUTSIDE CONTRACT {foreign:?}"),
+            }
+        );
+        if !ok && !is_test {
+            bad.push(g.name.clone());
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "components not matching their slot's contract: {}",
+            bad.join(", ")
+        );
+    }
+    Ok(())
+}
+
+trait DecodedExt {
+    fn package_world_id(&self) -> Result<wit_parser::WorldId>;
+}
+
+impl DecodedExt for wit_component::DecodedWasm {
+    fn package_world_id(&self) -> Result<wit_parser::WorldId> {
+        match self {
+            wit_component::DecodedWasm::Component(_, world) => Ok(*world),
+            wit_component::DecodedWasm::WitPackage(..) => {
+                bail!("file is a WIT package, not a component")
+            }
+        }
+    }
+}

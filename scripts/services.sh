@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL (5432), Redis (6379) and the Kafka-protocol broker
+# run on 127.0.0.1, starting only what is missing. Idempotent.
+#
+#   scripts/services.sh up      # broker on 9092, durable (nisshi Postgres storage)
+#   scripts/services.sh test    # broker on 9094, in memory (fast, for tests)
+#   scripts/services.sh down    # stops the brokers this script started
+#   scripts/services.sh status
+set -euo pipefail
+
+NISSHI_VERSION=0.7.0
+STATE_DIR="${PAYNODE_STATE_DIR:-$HOME/.cache/paynode}"
+mkdir -p "$STATE_DIR"
+
+say() { printf '[services] %s\n' "$*"; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 100); do port_open "$port" && return 0; sleep 0.2; done
+  say "$name did not open port $port"; return 1
+}
+
+ensure_postgres() {
+  if port_open 5432; then say "postgres: running"; return; fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    say "postgres: installing"; as_root apt-get install -y -qq postgresql >/dev/null
+  fi
+  say "postgres: starting"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  wait_port 5432 postgres
+}
+
+ensure_redis() {
+  if port_open 6379; then say "redis: running"; return; fi
+  command -v redis-server >/dev/null || { say "redis: installing"; as_root apt-get install -y -qq redis-server >/dev/null; }
+  say "redis: starting"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$STATE_DIR" --logfile "$STATE_DIR/redis.log"
+  wait_port 6379 redis
+}
+
+# nisshi is built with Debian's rustc-web (it needs a newer compiler than some
+# machines' rustup default); 0.8.x refuses transactional producers, so pin 0.7.0.
+ensure_nisshi_binary() {
+  if command -v nisshi >/dev/null && nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then return; fi
+  if [ ! -x /usr/bin/rustc ] || ! dpkg -s rustc-web >/dev/null 2>&1; then
+    say "installing rustc-web to build nisshi"; as_root apt-get install -y -qq rustc-web >/dev/null
+  fi
+  say "building nisshi $NISSHI_VERSION (once; ~15 min on 2 cores)"
+  RUSTC=/usr/bin/rustc cargo install "nisshi@$NISSHI_VERSION" --locked --features dynostore,postgres
+}
+
+start_broker() {
+  local port=$1 storage=$2 name=$3
+  if port_open "$port"; then say "broker :$port running"; return; fi
+  ensure_nisshi_binary
+  say "broker :$port starting ($storage)"
+  nohup nisshi broker \
+    --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine "$storage" \
+    --group-initial-rebalance-delay 0s \
+    >"$STATE_DIR/$name.log" 2>&1 &
+  echo $! >"$STATE_DIR/$name.pid"
+  wait_port "$port" "broker $name"
+}
+
+ensure_broker_db() {
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'nisshi'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE nisshi"
+}
+
+stop_broker() {
+  local name=$1
+  if [ -f "$STATE_DIR/$name.pid" ]; then
+    kill "$(cat "$STATE_DIR/$name.pid")" 2>/dev/null && say "stopped $name" || true
+    rm -f "$STATE_DIR/$name.pid"
+  fi
+}
+
+case "${1:-up}" in
+  up)
+    ensure_postgres; ensure_redis; ensure_broker_db
+    # localhost, not 127.0.0.1: nisshi's Postgres client checks TLS names otherwise.
+    start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable ;;
+  test)
+    ensure_postgres; ensure_redis
+    start_broker 9094 "memory://nisshi/" broker-test ;;
+  down)
+    stop_broker broker-durable; stop_broker broker-test ;;
+  status)
+    for p in 5432 6379 9092 9094; do port_open $p && say ":$p up" || say ":$p down"; done ;;
+  *) echo "usage: $0 up|test|down|status" >&2; exit 2 ;;
+esac
