@@ -54,8 +54,14 @@ impl BalanceCache {
     /// All cached accounts of `owner`; empty when nothing is cached.
     pub async fn load(&self, owner: &str) -> anyhow::Result<Vec<BalanceRow>> {
         let mut redis = self.redis.clone();
-        let values: Vec<String> = redis::cmd("HVALS").arg(self.key(owner)).query_async(&mut redis).await?;
-        let mut rows: Vec<BalanceRow> = values.iter().filter_map(|v| serde_json::from_str(v).ok()).collect();
+        let values: Vec<String> = redis::cmd("HVALS")
+            .arg(self.key(owner))
+            .query_async(&mut redis)
+            .await?;
+        let mut rows: Vec<BalanceRow> = values
+            .iter()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect();
         rows.sort_by(|a, b| a.account_code.cmp(&b.account_code));
         Ok(rows)
     }

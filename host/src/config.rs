@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
@@ -28,26 +28,6 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub secrets: BTreeMap<String, String>,
     pub failpoints: Failpoints,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            database: DatabaseConfig::default(),
-            redis: RedisConfig::default(),
-            kafka: KafkaConfig::default(),
-            auth: AuthConfig::default(),
-            stages: StagesConfig::default(),
-            outbox: OutboxConfig::default(),
-            psp: PspConfig::default(),
-            retry: RetryConfig::default(),
-            ledger: LedgerConfig::default(),
-            components: ComponentsConfig::default(),
-            secrets: BTreeMap::new(),
-            failpoints: Failpoints::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

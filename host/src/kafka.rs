@@ -111,11 +111,17 @@ pub fn base_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// A transactional producer with `init_transactions` done.
-pub fn transactional_producer(config: &KafkaConfig, transactional_id: &str) -> anyhow::Result<FutureProducer> {
+pub fn transactional_producer(
+    config: &KafkaConfig,
+    transactional_id: &str,
+) -> anyhow::Result<FutureProducer> {
     let producer: FutureProducer = base_config(config)
         .set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
-        .set("transaction.timeout.ms", config.transaction_timeout_ms.to_string())
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout_ms.to_string(),
+        )
         .set("linger.ms", "5")
         .set("compression.type", "none")
         .create()
@@ -137,10 +143,19 @@ pub async fn create_topics(config: &KafkaConfig) -> anyhow::Result<()> {
     }
     let new_topics: Vec<NewTopic<'_>> = wanted
         .iter()
-        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
         .collect();
     let results = admin
-        .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await
         .context("create_topics")?;
     for result in results {

@@ -15,7 +15,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let latency_buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let latency_buckets = [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
                 .expect("valid buckets")
@@ -31,40 +33,85 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("outbox_event_backlog", "Outbox rows not yet published");
-    describe_counter!("outbox_dispatched_total", "Outbox rows published, per worker");
-    describe_counter!("outbox_dispatch_failed_total", "Failed outbox batches, per worker");
+    describe_counter!(
+        "outbox_dispatched_total",
+        "Outbox rows published, per worker"
+    );
+    describe_counter!(
+        "outbox_dispatch_failed_total",
+        "Failed outbox batches, per worker"
+    );
     describe_gauge!("redis_retry_zset_size", "Retries waiting in Redis");
-    describe_gauge!("redis_retry_batch_size", "Size of the last retry batch dispatched");
+    describe_gauge!(
+        "redis_retry_batch_size",
+        "Size of the last retry batch dispatched"
+    );
     describe_counter!("redis_retry_events_total", "Retry queue events by result");
     describe_counter!("psp_calls_total", "PSP calls by outcome");
-    describe_histogram!("psp_call_latency_seconds", "PSP call latency, status checks included");
-    describe_gauge!("kafka_consumergroup_lag", "Records behind the high watermark per group/topic/partition");
-    describe_counter!("pipeline_messages_total", "Records handled per stage and batch result");
-    describe_histogram!("pipeline_batch_seconds", "Time to decide and commit one batch per stage");
-    describe_counter!("dlq_messages_total", "Records sent to a DLQ per stage, topic and error class");
-    describe_counter!("component_calls_total", "Component calls per slot and result");
-    describe_histogram!("component_call_duration_seconds", "Component call duration per slot");
-    describe_counter!("component_failures_total", "Component failures per slot and class (trap, timeout, resource_limit...)");
+    describe_histogram!(
+        "psp_call_latency_seconds",
+        "PSP call latency, status checks included"
+    );
+    describe_gauge!(
+        "kafka_consumergroup_lag",
+        "Records behind the high watermark per group/topic/partition"
+    );
+    describe_counter!(
+        "pipeline_messages_total",
+        "Records handled per stage and batch result"
+    );
+    describe_histogram!(
+        "pipeline_batch_seconds",
+        "Time to decide and commit one batch per stage"
+    );
+    describe_counter!(
+        "dlq_messages_total",
+        "Records sent to a DLQ per stage, topic and error class"
+    );
+    describe_counter!(
+        "component_calls_total",
+        "Component calls per slot and result"
+    );
+    describe_histogram!(
+        "component_call_duration_seconds",
+        "Component call duration per slot"
+    );
+    describe_counter!(
+        "component_failures_total",
+        "Component failures per slot and class (trap, timeout, resource_limit...)"
+    );
     describe_gauge!("component_active_info", "1 for the active version per slot");
-    describe_counter!("payment_orders_requires_review_total", "Orders moved to REQUIRES_REVIEW");
+    describe_counter!(
+        "payment_orders_requires_review_total",
+        "Orders moved to REQUIRES_REVIEW"
+    );
     describe_counter!("payments_accepted_total", "Payments accepted at intake");
-    describe_counter!("http_requests_total", "HTTP requests by route, method and status");
-    describe_histogram!("http_request_duration_seconds", "HTTP request latency by route");
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        "HTTP request latency by route"
+    );
 }
 
 pub fn stage_batch(stage: &'static str, result: &'static str, records: usize, started: Instant) {
-    counter!("pipeline_messages_total", "stage" => stage, "result" => result).increment(records as u64);
+    counter!("pipeline_messages_total", "stage" => stage, "result" => result)
+        .increment(records as u64);
     histogram!("pipeline_batch_seconds", "stage" => stage).record(started.elapsed().as_secs_f64());
 }
 
 pub fn dlq(stage: &'static str, topic: &'static str, class: &'static str) {
-    counter!("dlq_messages_total", "stage" => stage, "topic" => topic, "class" => class).increment(1);
+    counter!("dlq_messages_total", "stage" => stage, "topic" => topic, "class" => class)
+        .increment(1);
 }
 
 pub fn component_call(slot: &'static str, started: Instant, error: Option<&PluginError>) {
     let result = error.map_or("ok", PluginError::class);
     counter!("component_calls_total", "slot" => slot, "result" => result).increment(1);
-    histogram!("component_call_duration_seconds", "slot" => slot).record(started.elapsed().as_secs_f64());
+    histogram!("component_call_duration_seconds", "slot" => slot)
+        .record(started.elapsed().as_secs_f64());
     if let Some(error) = error {
         component_failure(slot, error.class());
     }
@@ -127,5 +174,6 @@ pub fn http_request(route: &str, method: &str, status: u16, started: Instant) {
     counter!("http_requests_total", "route" => route.to_string(), "method" => method.to_string(),
         "status" => status.to_string())
     .increment(1);
-    histogram!("http_request_duration_seconds", "route" => route.to_string()).record(started.elapsed().as_secs_f64());
+    histogram!("http_request_duration_seconds", "route" => route.to_string())
+        .record(started.elapsed().as_secs_f64());
 }

@@ -51,7 +51,9 @@ impl RunningNode {
             match joined {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return Err(error),
-                Err(join_error) if join_error.is_panic() => anyhow::bail!("a task panicked: {join_error}"),
+                Err(join_error) if join_error.is_panic() => {
+                    anyhow::bail!("a task panicked: {join_error}")
+                }
                 Err(_) => {}
             }
         }
@@ -70,7 +72,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let metrics = crate::metrics::install();
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
-    kafka::create_topics(&config.kafka).await.context("creating Kafka topics")?;
+    kafka::create_topics(&config.kafka)
+        .await
+        .context("creating Kafka topics")?;
     let redis_client = redis::Client::open(config.redis.url.as_str()).context("redis.url")?;
     let redis = redis::aio::ConnectionManager::new(redis_client)
         .await
@@ -133,8 +137,14 @@ async fn gauges(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::Re
     let groups = [
         ("payment_order_enqueuer", topic::PAYMENT_ORDER_CREATED),
         ("payment_order_psp_call_executor", topic::PSP_CALL_REQUESTED),
-        ("payment_order_psp_result_applier", topic::PSP_RESULT_UPDATED),
-        ("ledger_recording_request_dispatcher", topic::PAYMENT_ORDER_FINALIZED),
+        (
+            "payment_order_psp_result_applier",
+            topic::PSP_RESULT_UPDATED,
+        ),
+        (
+            "ledger_recording_request_dispatcher",
+            topic::PAYMENT_ORDER_FINALIZED,
+        ),
         ("ledger_recording_consumer", topic::LEDGER_RECORD_REQUEST),
         ("account_balance_consumer", topic::LEDGER_ENTRIES_RECORDED),
     ];

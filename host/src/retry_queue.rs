@@ -66,7 +66,12 @@ impl RetryQueue {
     }
 
     /// Claims up to `limit` due events, leased until `now_ms + lease_ms`.
-    pub async fn claim_due(&self, now_ms: i64, limit: usize, lease_ms: u64) -> anyhow::Result<Vec<Envelope>> {
+    pub async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> anyhow::Result<Vec<Envelope>> {
         let mut redis = self.redis.clone();
         let payloads: Vec<String> = Script::new(CLAIM_SCRIPT)
             .key(&self.queue_key)
@@ -81,7 +86,9 @@ impl RetryQueue {
         for payload in payloads {
             match serde_json::from_str(&payload) {
                 Ok(event) => events.push(event),
-                Err(error) => tracing::error!(%error, "undecodable retry payload dropped from Redis; the sweeper will rebuild it"),
+                Err(error) => {
+                    tracing::error!(%error, "undecodable retry payload dropped from Redis; the sweeper will rebuild it")
+                }
             }
         }
         Ok(events)

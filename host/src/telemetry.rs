@@ -5,8 +5,9 @@
 use tracing_subscriber::{fmt, EnvFilter};
 
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_env("PAYNODE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn,wasmtime=warn,cranelift=warn"));
+    let filter = EnvFilter::try_from_env("PAYNODE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,rdkafka=warn,sqlx=warn,wasmtime=warn,cranelift=warn")
+    });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if json {
         builder

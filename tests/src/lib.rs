@@ -16,7 +16,10 @@ use uuid::Uuid;
 
 /// The workspace root (components are built into `target/components` there).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 pub fn components_dir() -> PathBuf {
@@ -37,8 +40,13 @@ const ADMIN_DB_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A fresh database named after `id`.
 pub async fn fresh_database(id: &str) -> String {
-    let admin = PgPool::connect(ADMIN_DB_URL).await.expect("Postgres on 127.0.0.1:5432");
-    sqlx::query(&format!("CREATE DATABASE pn_{id}")).execute(&admin).await.expect("create database");
+    let admin = PgPool::connect(ADMIN_DB_URL)
+        .await
+        .expect("Postgres on 127.0.0.1:5432");
+    sqlx::query(&format!("CREATE DATABASE pn_{id}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
     admin.close().await;
     format!("postgres://postgres@127.0.0.1:5432/pn_{id}")
 }
@@ -60,9 +68,12 @@ pub async fn test_config() -> Config {
     config.outbox.poll_interval_ms = 10;
     config.retry.poll_interval_ms = 50;
     config.psp.status_check_delay_ms = 20;
-    config.components.psp_adapter.config = [("scenario".to_string(), "BEST_PSP_EVER".to_string()), ("latency".into(), "off".into())]
-        .into_iter()
-        .collect();
+    config.components.psp_adapter.config = [
+        ("scenario".to_string(), "BEST_PSP_EVER".to_string()),
+        ("latency".into(), "off".into()),
+    ]
+    .into_iter()
+    .collect();
     config
 }
 
@@ -77,7 +88,9 @@ pub struct TestNode {
 impl TestNode {
     pub async fn start(config: Config) -> TestNode {
         paynode::telemetry::init(true);
-        let node = paynode::node::start(config.clone()).await.expect("node starts");
+        let node = paynode::node::start(config.clone())
+            .await
+            .expect("node starts");
         let base = format!("http://{}", node.addr.expect("http enabled"));
         let pool = node.pool.clone();
         TestNode {
@@ -122,28 +135,45 @@ impl TestNode {
     }
 
     /// Polls until every order of the payment satisfies `done`, or panics.
-    pub async fn wait_for(&self, payment_id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        payment_id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let view = self.get_payment(payment_id).await;
-            let orders = view["paymentOrders"].as_array().cloned().unwrap_or_default();
+            let orders = view["paymentOrders"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if !orders.is_empty() && orders.iter().all(&done) {
                 return view;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for payment {payment_id}: {view:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for payment {payment_id}: {view:#}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn wait_final(&self, payment_id: &str) -> Value {
         self.wait_for(payment_id, Duration::from_secs(60), |o| {
-            matches!(o["status"].as_str(), Some("SUCCEEDED" | "FAILED" | "REQUIRES_REVIEW"))
+            matches!(
+                o["status"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "REQUIRES_REVIEW")
+            )
         })
         .await
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect(sql)
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql)
     }
 
     pub fn topic(&self, base: &str) -> String {
@@ -176,7 +206,10 @@ pub struct Record {
 
 impl Record {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -190,14 +223,19 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
         .create()
         .expect("consumer");
     let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("metadata");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
     let mut list = TopicPartitionList::new();
     let mut total = 0;
     for t in metadata.topics() {
         for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout).expect("watermarks");
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .expect("watermarks");
             total += high - low;
-            list.add_partition_offset(topic, p.id(), Offset::Offset(low)).expect("partition");
+            list.add_partition_offset(topic, p.id(), Offset::Offset(low))
+                .expect("partition");
         }
     }
     consumer.assign(&list).expect("assign");
@@ -206,21 +244,34 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     // Control records (transaction markers) use offsets too, so stop on a
     // quiet period rather than on a count.
     let mut quiet_since = Instant::now();
-    while total > 0 && Instant::now() < deadline && quiet_since.elapsed() < Duration::from_millis(1500) {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+    while total > 0
+        && Instant::now() < deadline
+        && quiet_since.elapsed() < Duration::from_millis(1500)
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let Ok(message) = message else { continue };
         quiet_since = Instant::now();
         let headers = message
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
         records.push(Record {
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            value: serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or(Value::Null),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: serde_json::from_slice(message.payload().unwrap_or_default())
+                .unwrap_or(Value::Null),
             headers,
         });
     }
@@ -229,5 +280,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
 
 pub fn sha256_file(path: &std::path::Path) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("component built")))
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(path).expect("component built"),
+    ))
 }

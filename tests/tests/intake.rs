@@ -7,21 +7,40 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payment_outcome_reaches_the_broker_with_the_component_sha() {
     let node = TestNode::start(test_config().await).await;
-    let (status, body) = node.post_payment("key-1", &payment_body("order-1", &[("seller-1", 1500), ("seller-2", 500)])).await;
+    let (status, body) = node
+        .post_payment(
+            "key-1",
+            &payment_body("order-1", &[("seller-1", 1500), ("seller-2", 500)]),
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     let payment_id = body["paymentId"].as_str().unwrap().to_string();
-    let order_ids: Vec<String> = body["paymentOrders"].as_array().unwrap().iter().map(|o| o["paymentOrderId"].as_str().unwrap().to_string()).collect();
+    let order_ids: Vec<String> = body["paymentOrders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["paymentOrderId"].as_str().unwrap().to_string())
+        .collect();
 
     let view = node.wait_final(&payment_id).await;
     assert_eq!(view["status"], "SUCCEEDED", "{view:#}");
 
     let expected_sha = sha256_file(&component_path("psp-simulator"));
-    let records = read_topic(&brokers(), &node.topic("payment_order_psp_result_updated_topic"));
+    let records = read_topic(
+        &brokers(),
+        &node.topic("payment_order_psp_result_updated_topic"),
+    );
     for order_id in &order_ids {
-        let mine: Vec<&Record> = records.iter().filter(|r| r.key.as_deref() == Some(order_id)).collect();
+        let mine: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(order_id))
+            .collect();
         assert!(!mine.is_empty(), "no outcome event for {order_id}");
         for record in mine {
-            assert_eq!(record.header("componentSha256"), Some(expected_sha.as_str()));
+            assert_eq!(
+                record.header("componentSha256"),
+                Some(expected_sha.as_str())
+            );
             assert_eq!(record.value["data"]["componentSha256"], expected_sha);
             assert_eq!(record.value["data"]["outcome"]["kind"], "succeeded");
             assert_eq!(record.header("traceId"), view["traceId"].as_str());
@@ -77,7 +96,10 @@ async fn bad_requests_get_a_problem_and_write_nothing() {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let content = response.headers()["content-type"].to_str().unwrap().to_string();
+        let content = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let problem: Value = response.json().await.unwrap();
         assert!((400..500).contains(&status), "{status} for {body}");
         assert_eq!(content, "application/problem+json", "for {body}");
@@ -104,36 +126,57 @@ async fn tokens_and_roles_are_enforced() {
     let url = format!("{}/api/v1/payments", node.base);
     let body = payment_body("o-auth", &[("s-1", 100)]);
     let post = |token: Option<String>| {
-        let mut request = node.http.post(&url).header("Idempotency-Key", "k-auth").json(&body);
+        let mut request = node
+            .http
+            .post(&url)
+            .header("Idempotency-Key", "k-auth")
+            .json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         request.send()
     };
     assert_eq!(post(None).await.unwrap().status().as_u16(), 401);
-    assert_eq!(post(Some("not-a-jwt".into())).await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        post(Some("not-a-jwt".into()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
 
     let mut other = node.config.auth.clone();
     other.hs256_secret = "another-secret-of-enough-length".into();
-    let forged = paynode::api::auth::mint(&other, "test-client", &["payment:write".into()], 600).unwrap();
+    let forged =
+        paynode::api::auth::mint(&other, "test-client", &["payment:write".into()], 600).unwrap();
     assert_eq!(post(Some(forged)).await.unwrap().status().as_u16(), 401);
 
     let mut wrong_issuer = node.config.auth.clone();
     wrong_issuer.issuer = "someone-else".into();
-    let token = paynode::api::auth::mint(&wrong_issuer, "test-client", &["payment:write".into()], 600).unwrap();
+    let token =
+        paynode::api::auth::mint(&wrong_issuer, "test-client", &["payment:write".into()], 600)
+            .unwrap();
     assert_eq!(post(Some(token)).await.unwrap().status().as_u16(), 401);
 
     // Expired beyond the leeway.
     let now = jsonwebtoken::get_current_timestamp();
     let claims = json!({ "sub": "c", "iss": node.config.auth.issuer, "aud": node.config.auth.audience,
         "exp": now - 600, "iat": now - 1200, "roles": ["payment:write"] });
-    let expired = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims,
-        &jsonwebtoken::EncodingKey::from_secret(node.config.auth.hs256_secret.as_bytes())).unwrap();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(node.config.auth.hs256_secret.as_bytes()),
+    )
+    .unwrap();
     assert_eq!(post(Some(expired)).await.unwrap().status().as_u16(), 401);
 
     let response = post(Some(node.token(&["FINANCE"]))).await.unwrap();
     assert_eq!(response.status().as_u16(), 403);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
 
     // Admin routes refuse payment:write.
     let response = node
@@ -168,7 +211,9 @@ async fn idempotency_key_replays_and_refuses_a_different_body() {
     let replayed: Value = response.json().await.unwrap();
     assert_eq!(replayed["paymentId"], first["paymentId"]);
 
-    let (status, problem) = node.post_payment("idem-1", &payment_body("o-idem", &[("s-1", 701)])).await;
+    let (status, problem) = node
+        .post_payment("idem-1", &payment_body("o-idem", &[("s-1", 701)]))
+        .await;
     assert_eq!(status, 422, "{problem}");
     // Same orderId under another key: refused, never a second payment.
     let (status, _) = node.post_payment("idem-2", &body).await;

@@ -34,7 +34,10 @@ pub struct PluginList {
     responses((status = 200, body = PluginList),
         (status = 403, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn list_plugins(State(state): State<AppState>, principal: Principal) -> Result<axum::Json<PluginList>, ApiError> {
+pub async fn list_plugins(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<axum::Json<PluginList>, ApiError> {
     principal.require(role::ADMIN)?;
     Ok(axum::Json(PluginList {
         plugins: plugins::list(&state.pool).await?,
@@ -55,7 +58,9 @@ pub struct PushPlugin {
 }
 
 fn parse_slot(text: &str) -> Result<Slot, ApiError> {
-    Slot::parse(text).ok_or_else(|| ApiError::validation("slot must be psp-adapter, retry-policy or posting-rules"))
+    Slot::parse(text).ok_or_else(|| {
+        ApiError::validation("slot must be psp-adapter, retry-policy or posting-rules")
+    })
 }
 
 /// Upload a component version (validated: parses, implements the slot's
@@ -76,10 +81,18 @@ pub async fn push_plugin(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(body.wasm_base64.as_bytes())
         .map_err(|_| ApiError::validation("wasmBase64 is not base64"))?;
-    match state.registry.push(slot, &bytes, body.fixtures.as_ref(), &principal.subject).await {
+    match state
+        .registry
+        .push(slot, &bytes, body.fixtures.as_ref(), &principal.subject)
+        .await
+    {
         Ok(row) => Ok((StatusCode::CREATED, axum::Json(row))),
         Err(PushError::Store(error)) => Err(ApiError::internal(error)),
-        Err(refused) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "component-refused", refused.to_string())),
+        Err(refused) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "component-refused",
+            refused.to_string(),
+        )),
     }
 }
 
@@ -107,9 +120,21 @@ pub async fn activate_plugin(
 ) -> Result<axum::Json<Activation>, ApiError> {
     principal.require(role::ADMIN)?;
     let slot = parse_slot(&slot)?;
-    state.registry.by_sha(slot, &body.sha256).await.map_err(|e| ApiError::not_found(e.to_string()))?;
+    state
+        .registry
+        .by_sha(slot, &body.sha256)
+        .await
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
     let config = serde_json::to_value(&body.config).expect("serializes");
-    let activation = plugins::activate(&state.pool, slot.as_str(), &body.sha256, &config, "activate", &principal.subject).await?;
+    let activation = plugins::activate(
+        &state.pool,
+        slot.as_str(),
+        &body.sha256,
+        &config,
+        "activate",
+        &principal.subject,
+    )
+    .await?;
     Ok(axum::Json(activation))
 }
 
@@ -129,9 +154,18 @@ pub async fn rollback_plugin(
     let slot = parse_slot(&slot)?;
     let previous = plugins::previous(&state.pool, slot.as_str())
         .await?
-        .ok_or_else(|| ApiError::conflict("nothing-to-roll-back", "no earlier version of this slot"))?;
-    let activation =
-        plugins::activate(&state.pool, slot.as_str(), &previous.sha256, &previous.config, "rollback", &principal.subject).await?;
+        .ok_or_else(|| {
+            ApiError::conflict("nothing-to-roll-back", "no earlier version of this slot")
+        })?;
+    let activation = plugins::activate(
+        &state.pool,
+        slot.as_str(),
+        &previous.sha256,
+        &previous.config,
+        "rollback",
+        &principal.subject,
+    )
+    .await?;
     Ok(axum::Json(activation))
 }
 
@@ -159,24 +193,34 @@ pub async fn resolve_review(
     Json(body): Json<ResolveReview>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(role::ADMIN)?;
-    let id: Uuid = id.parse().map_err(|_| ApiError::validation("payment order id must be a UUID"))?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::validation("payment order id must be a UUID"))?;
     let status = match body.status.as_str() {
         "SUCCEEDED" => FinalStatus::Succeeded,
         "FAILED" => FinalStatus::Failed,
         _ => return Err(ApiError::validation("status must be SUCCEEDED or FAILED")),
     };
     if status == FinalStatus::Succeeded && body.psp_reference.as_deref().unwrap_or("").is_empty() {
-        return Err(ApiError::validation("pspReference is required to resolve as SUCCEEDED"));
+        return Err(ApiError::validation(
+            "pspReference is required to resolve as SUCCEEDED",
+        ));
     }
-    let order = orders::get(&state.pool, id).await?.ok_or_else(|| ApiError::not_found(format!("no payment order {id}")))?;
+    let order = orders::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no payment order {id}")))?;
     if order.status != "REQUIRES_REVIEW" {
-        return Err(ApiError::conflict("not-in-review", format!("order is {}", order.status)));
+        return Err(ApiError::conflict(
+            "not-in-review",
+            format!("order is {}", order.status),
+        ));
     }
     let attempt = order.last_applied_attempt.max(1);
-    let trace_id: String = sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
-        .bind(order.payment_id)
-        .fetch_one(&state.pool)
-        .await?;
+    let trace_id: String =
+        sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
+            .bind(order.payment_id)
+            .fetch_one(&state.pool)
+            .await?;
     let mut tx = state.pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE payment_orders SET status = $2, final_attempt = $3, psp_reference = $4, failure_reason = $5, updated_at = now()
@@ -191,7 +235,10 @@ pub async fn resolve_review(
     .await?
     .rows_affected();
     if updated != 1 {
-        return Err(ApiError::conflict("not-in-review", "order changed concurrently"));
+        return Err(ApiError::conflict(
+            "not-in-review",
+            "order changed concurrently",
+        ));
     }
     let key = id.to_string();
     let finalized = OrderFinalized {
@@ -204,9 +251,19 @@ pub async fn resolve_review(
         status,
         psp_reference: body.psp_reference.clone(),
         final_attempt: attempt as u32,
-        reason: Some(format!("resolved by {}: {}", principal.subject, body.reason)),
+        reason: Some(format!(
+            "resolved by {}: {}",
+            principal.subject, body.reason
+        )),
     };
-    let event = Envelope::new(event_type::PAYMENT_ORDER_FINALIZED, &key, attempt as u32, &trace_id, None, &finalized);
+    let event = Envelope::new(
+        event_type::PAYMENT_ORDER_FINALIZED,
+        &key,
+        attempt as u32,
+        &trace_id,
+        None,
+        &finalized,
+    );
     outbox::append(&mut tx, topic::PAYMENT_ORDER_FINALIZED, &[(key, event)]).await?;
     sqlx::query("INSERT INTO admin_audit (actor, action, target, details) VALUES ($1, 'resolve-review', $2, $3)")
         .bind(&principal.subject)

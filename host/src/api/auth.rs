@@ -74,7 +74,12 @@ impl Authenticator {
 }
 
 /// Mints an HS256 token for local use.
-pub fn mint(config: &AuthConfig, subject: &str, roles: &[String], ttl_secs: u64) -> anyhow::Result<String> {
+pub fn mint(
+    config: &AuthConfig,
+    subject: &str,
+    roles: &[String],
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
     let now = jsonwebtoken::get_current_timestamp();
     let claims = Claims {
         sub: subject.to_string(),
@@ -113,7 +118,10 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

@@ -49,9 +49,16 @@ pub async fn seller_balances(
     if seller_id.is_empty() || seller_id.len() > 64 || seller_id.contains('.') {
         return Err(ApiError::validation("bad seller id"));
     }
-    let cached = state.balance_cache.load(&seller_id).await.unwrap_or_default();
+    let cached = state
+        .balance_cache
+        .load(&seller_id)
+        .await
+        .unwrap_or_default();
     let (source, rows) = if cached.is_empty() {
-        ("database", ledger::balances_of_owner(&state.pool, &seller_id).await?)
+        (
+            "database",
+            ledger::balances_of_owner(&state.pool, &seller_id).await?,
+        )
     } else {
         ("cache", cached)
     };

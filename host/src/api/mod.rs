@@ -44,11 +44,26 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/payments", post(payments::create))
         .route("/api/v1/payments/{id}", get(payments::get))
-        .route("/api/v1/sellers/{seller_id}/balances", get(balances::seller_balances))
-        .route("/api/v1/admin/plugins", get(admin::list_plugins).post(admin::push_plugin))
-        .route("/api/v1/admin/plugins/{slot}/activate", post(admin::activate_plugin))
-        .route("/api/v1/admin/plugins/{slot}/rollback", post(admin::rollback_plugin))
-        .route("/api/v1/admin/payment-orders/{id}/resolve", post(admin::resolve_review))
+        .route(
+            "/api/v1/sellers/{seller_id}/balances",
+            get(balances::seller_balances),
+        )
+        .route(
+            "/api/v1/admin/plugins",
+            get(admin::list_plugins).post(admin::push_plugin),
+        )
+        .route(
+            "/api/v1/admin/plugins/{slot}/activate",
+            post(admin::activate_plugin),
+        )
+        .route(
+            "/api/v1/admin/plugins/{slot}/rollback",
+            post(admin::rollback_plugin),
+        )
+        .route(
+            "/api/v1/admin/payment-orders/{id}/resolve",
+            post(admin::resolve_review),
+        )
         .route("/api-docs/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .route("/health/live", get(|| async { "ok" }))
@@ -56,7 +71,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn(track))
         .layer(RequestBodyLimitLayer::new(body_limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
         .with_state(state)
 }
 

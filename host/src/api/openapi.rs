@@ -29,15 +29,25 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }
 
 pub fn document() -> String {
-    ApiDoc::openapi().to_pretty_json().expect("the document serializes")
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the document serializes")
 }
 
 pub async fn serve() -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], document())
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document(),
+    )
 }

@@ -86,35 +86,59 @@ pub struct AttemptView {
 fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
     let id_ok = |s: &str| !s.trim().is_empty() && s.len() <= MAX_ID_LEN && !s.contains('.');
     if !id_ok(&body.buyer_id) || !id_ok(&body.order_id) {
-        return Err(ApiError::validation(format!("buyerId and orderId must be 1..={MAX_ID_LEN} characters without '.'")));
+        return Err(ApiError::validation(format!(
+            "buyerId and orderId must be 1..={MAX_ID_LEN} characters without '.'"
+        )));
     }
     let currency = &body.total_amount.currency;
     if !is_known_currency(currency) {
-        return Err(ApiError::validation(format!("unknown currency {currency:?}")));
+        return Err(ApiError::validation(format!(
+            "unknown currency {currency:?}"
+        )));
     }
     if body.total_amount.quantity <= 0 {
-        return Err(ApiError::validation("totalAmount.quantity must be > 0 (minor units)"));
+        return Err(ApiError::validation(
+            "totalAmount.quantity must be > 0 (minor units)",
+        ));
     }
     if body.payment_orders.is_empty() || body.payment_orders.len() > max_orders {
-        return Err(ApiError::validation(format!("paymentOrders must have 1..={max_orders} entries")));
+        return Err(ApiError::validation(format!(
+            "paymentOrders must have 1..={max_orders} entries"
+        )));
     }
     let mut sellers = std::collections::HashSet::new();
     let mut sum: i64 = 0;
     for order in &body.payment_orders {
-        if !id_ok(&order.seller_id) || !order.seller_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(ApiError::validation("sellerId must be 1..=64 of [A-Za-z0-9_-]"));
+        if !id_ok(&order.seller_id)
+            || !order
+                .seller_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ApiError::validation(
+                "sellerId must be 1..=64 of [A-Za-z0-9_-]",
+            ));
         }
         if order.seller_id == "GLOBAL" {
-            return Err(ApiError::validation("sellerId GLOBAL is reserved for platform accounts"));
+            return Err(ApiError::validation(
+                "sellerId GLOBAL is reserved for platform accounts",
+            ));
         }
         if !sellers.insert(order.seller_id.as_str()) {
-            return Err(ApiError::validation(format!("seller {} appears twice", order.seller_id)));
+            return Err(ApiError::validation(format!(
+                "seller {} appears twice",
+                order.seller_id
+            )));
         }
         if order.amount.currency != *currency {
-            return Err(ApiError::validation("every payment order must be in the payment's currency"));
+            return Err(ApiError::validation(
+                "every payment order must be in the payment's currency",
+            ));
         }
         if order.amount.quantity <= 0 {
-            return Err(ApiError::validation("every payment order amount must be > 0"));
+            return Err(ApiError::validation(
+                "every payment order amount must be > 0",
+            ));
         }
         sum = sum
             .checked_add(order.amount.quantity)
@@ -131,12 +155,22 @@ fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
 
 /// Trace id from `X-Trace-Id` or W3C `traceparent`, else a new one.
 pub fn trace_id_from(headers: &HeaderMap) -> String {
-    let valid = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if let Some(id) = headers.get("x-trace-id").and_then(|v| v.to_str().ok()).filter(|s| valid(s)) {
+    let valid = |s: &str| {
+        !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if let Some(id) = headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| valid(s))
+    {
         return id.to_string();
     }
     if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        if let Some(id) = parent.split('-').nth(1).filter(|s| s.len() == 32 && valid(s)) {
+        if let Some(id) = parent
+            .split('-')
+            .nth(1)
+            .filter(|s| s.len() == 32 && valid(s))
+        {
             return id.to_string();
         }
     }
@@ -174,15 +208,23 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 128)
-        .ok_or_else(|| ApiError::validation("Idempotency-Key header (1..=128 chars) is required").with_trace(&trace_id))?
+        .ok_or_else(|| {
+            ApiError::validation("Idempotency-Key header (1..=128 chars) is required")
+                .with_trace(&trace_id)
+        })?
         .to_string();
     validate(&body, state.config.http.max_payment_orders).map_err(|e| e.with_trace(&trace_id))?;
-    let request_sha256 = hex::encode(Sha256::digest(serde_json::to_vec(&body).expect("serializes")));
+    let request_sha256 = hex::encode(Sha256::digest(
+        serde_json::to_vec(&body).expect("serializes"),
+    ));
     let client = principal.subject.as_str();
 
     let mut tx = state.pool.begin().await?;
     if !payments::try_lock_key(&mut tx, lock_id(client, &key)).await? {
-        let mut error = ApiError::conflict("request-in-flight", "a request with this Idempotency-Key is still being processed");
+        let mut error = ApiError::conflict(
+            "request-in-flight",
+            "a request with this Idempotency-Key is still being processed",
+        );
         error.retry_after_secs = Some(1);
         return Err(error.with_trace(&trace_id));
     }
@@ -195,12 +237,20 @@ pub async fn create(
             )
             .with_trace(&trace_id));
         }
-        let mut response = respond(StatusCode::from_u16(stored.status as u16).unwrap_or(StatusCode::ACCEPTED), &stored.body);
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        let mut response = respond(
+            StatusCode::from_u16(stored.status as u16).unwrap_or(StatusCode::ACCEPTED),
+            &stored.body,
+        );
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
         return Ok(response);
     }
     if state.config.failpoints.intake_hold_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(state.config.failpoints.intake_hold_ms)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            state.config.failpoints.intake_hold_ms,
+        ))
+        .await;
     }
 
     let payment_id = Uuid::new_v4();
@@ -219,7 +269,11 @@ pub async fn create(
     )
     .await?;
     if !inserted {
-        return Err(ApiError::conflict("order-already-paid", format!("orderId {} already has a payment", body.order_id)).with_trace(&trace_id));
+        return Err(ApiError::conflict(
+            "order-already-paid",
+            format!("orderId {} already has a payment", body.order_id),
+        )
+        .with_trace(&trace_id));
     }
     let orders: Vec<payments::NewOrder> = body
         .payment_orders
@@ -241,7 +295,14 @@ pub async fn create(
                 seller_id: o.seller_id.clone(),
                 amount: Money::new(o.amount_minor, currency),
             };
-            let event = Envelope::new(event_type::PAYMENT_ORDER_CREATED, &key, 0, &trace_id, None, &data);
+            let event = Envelope::new(
+                event_type::PAYMENT_ORDER_CREATED,
+                &key,
+                0,
+                &trace_id,
+                None,
+                &data,
+            );
             (key, event)
         })
         .collect();
@@ -271,7 +332,16 @@ pub async fn create(
             .collect(),
     };
     let view_json = serde_json::to_value(&view).expect("serializes");
-    payments::insert_response(&mut tx, client, &key, &request_sha256, payment_id, 202, &view_json).await?;
+    payments::insert_response(
+        &mut tx,
+        client,
+        &key,
+        &request_sha256,
+        payment_id,
+        202,
+        &view_json,
+    )
+    .await?;
     tx.commit().await?;
     crate::metrics::payment_accepted();
     tracing::info!(traceId = %trace_id, %payment_id, orders = orders.len(), "payment accepted");
@@ -302,12 +372,15 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<PaymentView>, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::validation("payment id must be a UUID"))?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::validation("payment id must be a UUID"))?;
     let payment = payments::find_payment(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no payment {id}")))?;
     // Clients see their own payments; finance and admins see all.
-    let privileged = principal.roles.contains(role::FINANCE) || principal.roles.contains(role::ADMIN);
+    let privileged =
+        principal.roles.contains(role::FINANCE) || principal.roles.contains(role::ADMIN);
     if payment.client_id != principal.subject && !privileged {
         return Err(ApiError::not_found(format!("no payment {id}")));
     }
@@ -321,12 +394,16 @@ pub async fn get(
                 .filter(|a| a.payment_order_id == o.payment_order_id)
                 .map(|a| AttemptView {
                     attempt: a.attempt,
-                    outcome: a.outcome.as_deref().and_then(crate::domain::payment::OutcomeKind::parse).map(|kind| PspOutcome {
-                        kind,
-                        code: a.code.clone(),
-                        message: a.message.clone(),
-                        psp_reference: a.psp_reference.clone(),
-                    }),
+                    outcome: a
+                        .outcome
+                        .as_deref()
+                        .and_then(crate::domain::payment::OutcomeKind::parse)
+                        .map(|kind| PspOutcome {
+                            kind,
+                            code: a.code.clone(),
+                            message: a.message.clone(),
+                            psp_reference: a.psp_reference.clone(),
+                        }),
                     latency_ms: a.latency_ms,
                     component_sha256: a.component_sha256.clone(),
                     settled_by_status: a.settled_by_status,
@@ -421,7 +498,10 @@ mod tests {
     #[test]
     fn trace_id_comes_from_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
         assert_eq!(trace_id_from(&headers), "4bf92f3577b34da6a3ce929d0e0e4736");
         headers.insert("x-trace-id", HeaderValue::from_static("abc-123"));
         assert_eq!(trace_id_from(&headers), "abc-123");

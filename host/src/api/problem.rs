@@ -63,7 +63,11 @@ impl ApiError {
     /// 500 with nothing internal in the body.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(error = %error, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the node's logs")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the node's logs",
+        )
     }
 
     pub fn with_trace(mut self, trace_id: &str) -> Self {
@@ -82,7 +86,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
             kind: format!("https://paynode.dev/problems/{}", self.kind),
-            title: self.status.canonical_reason().unwrap_or("error").to_string(),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_string(),
             status: self.status.as_u16(),
             detail: self.detail,
             trace_id: self.trace_id,
@@ -112,10 +120,17 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(request, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(ApiError::new(rejection.status(), "malformed-request", rejection.body_text())),
+            Err(rejection) => Err(ApiError::new(
+                rejection.status(),
+                "malformed-request",
+                rejection.body_text(),
+            )),
         }
     }
 }

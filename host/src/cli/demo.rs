@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 use crate::api::auth::{mint, role};
 use crate::config::Config;
 
-pub async fn run(config: &Config, url: &str, payments: usize, wait_secs: u64) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: &Config,
+    url: &str,
+    payments: usize,
+    wait_secs: u64,
+) -> anyhow::Result<ExitCode> {
     let token = mint(
         &config.auth,
         "demo-shop",
@@ -39,13 +44,21 @@ pub async fn run(config: &Config, url: &str, payments: usize, wait_secs: u64) ->
             .await?;
         let status = response.status();
         let answer: Value = response.json().await?;
-        anyhow::ensure!(status.as_u16() == 202, "payment {n} refused ({status}): {answer}");
+        anyhow::ensure!(
+            status.as_u16() == 202,
+            "payment {n} refused ({status}): {answer}"
+        );
         ids.push(answer["paymentId"].as_str().unwrap_or_default().to_string());
     }
-    println!("posted {} payments; waiting for PSP outcomes and ledger postings", ids.len());
+    println!(
+        "posted {} payments; waiting for PSP outcomes and ledger postings",
+        ids.len()
+    );
 
     let progress = ProgressBar::new(ids.len() as u64);
-    progress.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} payments settled {msg}")?);
+    progress.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} payments settled {msg}",
+    )?);
     let deadline = Instant::now() + Duration::from_secs(wait_secs);
     let mut views: Vec<Value> = Vec::new();
     loop {
@@ -71,7 +84,12 @@ pub async fn run(config: &Config, url: &str, payments: usize, wait_secs: u64) ->
 
     let mut missing = 0;
     for view in &views {
-        println!("payment {} {} total {} EUR-minor", view["paymentId"].as_str().unwrap_or("?"), view["status"], view["totalAmount"]["quantity"]);
+        println!(
+            "payment {} {} total {} EUR-minor",
+            view["paymentId"].as_str().unwrap_or("?"),
+            view["status"],
+            view["totalAmount"]["quantity"]
+        );
         for order in view["paymentOrders"].as_array().into_iter().flatten() {
             let outcome = order["latestOutcome"]["kind"].as_str().unwrap_or("none");
             if outcome == "none" {
@@ -99,7 +117,12 @@ pub async fn run(config: &Config, url: &str, payments: usize, wait_secs: u64) ->
             .json()
             .await?;
         for account in balances["accounts"].as_array().into_iter().flatten() {
-            println!("ledger {:<28} balance {:>8} (from {})", account["account"].as_str().unwrap_or("?"), account["balanceMinor"], balances["source"]);
+            println!(
+                "ledger {:<28} balance {:>8} (from {})",
+                account["account"].as_str().unwrap_or("?"),
+                account["balanceMinor"],
+                balances["source"]
+            );
         }
     }
     if missing > 0 {

@@ -46,14 +46,20 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Reads a whole DLQ topic from the beginning without joining a group.
 pub fn read_all(config: &Config, dlq_topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
     let consumer: BaseConsumer = kafka::base_config(&config.kafka)
-        .set("group.id", format!("{}paynode.dlq-reader", config.kafka.prefix))
+        .set(
+            "group.id",
+            format!("{}paynode.dlq-reader", config.kafka.prefix),
+        )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()?;
@@ -80,7 +86,11 @@ pub fn read_all(config: &Config, dlq_topic: &str) -> anyhow::Result<Vec<DeadLett
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            if ends.iter().all(|(p, high)| letters.iter().any(|l: &DeadLetter| l.partition == *p && l.offset + 1 >= *high)) {
+            if ends.iter().all(|(p, high)| {
+                letters
+                    .iter()
+                    .any(|l: &DeadLetter| l.partition == *p && l.offset + 1 >= *high)
+            }) {
                 break;
             }
             continue;
@@ -90,7 +100,14 @@ pub fn read_all(config: &Config, dlq_topic: &str) -> anyhow::Result<Vec<DeadLett
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -106,16 +123,22 @@ pub fn read_all(config: &Config, dlq_topic: &str) -> anyhow::Result<Vec<DeadLett
     Ok(letters)
 }
 
-pub async fn replay(config: &Config, base_topic: &str, partition: Option<i32>, offset: Option<i64>) -> anyhow::Result<usize> {
+pub async fn replay(
+    config: &Config,
+    base_topic: &str,
+    partition: Option<i32>,
+    offset: Option<i64>,
+) -> anyhow::Result<usize> {
     let names = Names::new(&config.kafka.prefix);
     let letters = read_all(config, &names.dlq(base_topic))?;
-    let producer: FutureProducer = kafka::base_config(&config.kafka).set("enable.idempotence", "true").create()?;
+    let producer: FutureProducer = kafka::base_config(&config.kafka)
+        .set("enable.idempotence", "true")
+        .create()?;
     let target = names.topic(base_topic);
     let mut replayed = 0;
-    for letter in letters
-        .iter()
-        .filter(|l| partition.is_none_or(|p| p == l.partition) && offset.is_none_or(|o| o == l.offset))
-    {
+    for letter in letters.iter().filter(|l| {
+        partition.is_none_or(|p| p == l.partition) && offset.is_none_or(|o| o == l.offset)
+    }) {
         let mut record = FutureRecord::to(&target).payload(&letter.payload);
         if let Some(key) = &letter.key {
             record = record.key(key);
@@ -156,7 +179,12 @@ pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCod
             }
             println!("{total} dead-lettered record(s)");
         }
-        DlqCommand::Replay { topic: base, partition, offset, actor } => {
+        DlqCommand::Replay {
+            topic: base,
+            partition,
+            offset,
+            actor,
+        } => {
             let count = replay(config, &base, partition, offset).await?;
             let pool = crate::store::connect(&config.database).await?;
             crate::store::plugins::audit(

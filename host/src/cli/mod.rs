@@ -104,20 +104,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied; topics and DLQs present");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { roles, subject, ttl_secs } => {
-            println!("{}", crate::api::auth::mint(&config.auth, &subject, &roles, ttl_secs)?);
+        Command::Token {
+            roles,
+            subject,
+            ttl_secs,
+        } => {
+            println!(
+                "{}",
+                crate::api::auth::mint(&config.auth, &subject, &roles, ttl_secs)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(command) => plugin::run(&config, command).await,
-        Command::Reconcile { outbox_age_secs, json } => reconcile::run(&config, outbox_age_secs, json).await,
+        Command::Reconcile {
+            outbox_age_secs,
+            json,
+        } => reconcile::run(&config, outbox_age_secs, json).await,
         Command::Dlq(command) => dlq::run(&config, command).await,
-        Command::Demo { url, payments, wait_secs } => demo::run(&config, &url, payments, wait_secs).await,
+        Command::Demo {
+            url,
+            payments,
+            wait_secs,
+        } => demo::run(&config, &url, payments, wait_secs).await,
     }
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

@@ -64,7 +64,8 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 }
 
 fn slot(text: &str) -> anyhow::Result<Slot> {
-    Slot::parse(text).ok_or_else(|| anyhow::anyhow!("slot must be psp-adapter, retry-policy or posting-rules"))
+    Slot::parse(text)
+        .ok_or_else(|| anyhow::anyhow!("slot must be psp-adapter, retry-policy or posting-rules"))
 }
 
 /// Fixture files: one file, or every `*.json` in a folder (sorted).
@@ -82,24 +83,39 @@ pub fn fixture_files(path: &Path) -> anyhow::Result<Vec<(PathBuf, FixtureFile)>>
     paths
         .into_iter()
         .map(|p| {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let file: FixtureFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let file: FixtureFile =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
             Ok((p, file))
         })
         .collect()
 }
 
 /// Runs fixtures against a component file; returns (all passed, rendered report).
-pub async fn test_component(config: &Config, component: &Path, fixtures: &Path, json: bool) -> anyhow::Result<(bool, String)> {
-    let bytes = std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+pub async fn test_component(
+    config: &Config,
+    component: &Path,
+    fixtures: &Path,
+    json: bool,
+) -> anyhow::Result<(bool, String)> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
     let files = fixture_files(fixtures)?;
-    anyhow::ensure!(!files.is_empty(), "no fixture files in {}", fixtures.display());
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no fixture files in {}",
+        fixtures.display()
+    );
     let runtime = Runtime::new(None)?;
     let mut passed = true;
     let mut out = String::new();
     for (path, file) in files {
         let slot = slot(&file.slot)?;
-        let loaded = runtime.load(slot, &bytes).await.map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
+        let loaded = runtime
+            .load(slot, &bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", component.display()))?;
         let slot_config = match slot {
             Slot::PspAdapter => &config.components.psp_adapter,
             Slot::RetryPolicy => &config.components.retry_policy,
@@ -124,49 +140,120 @@ pub async fn test_component(config: &Config, component: &Path, fixtures: &Path, 
 }
 
 pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<ExitCode> {
-    if let PluginCommand::Test { component, fixtures, json } = &command {
+    if let PluginCommand::Test {
+        component,
+        fixtures,
+        json,
+    } = &command
+    {
         let (passed, report) = test_component(config, component, fixtures, *json).await?;
         print!("{report}");
-        return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
     match command {
         PluginCommand::Test { .. } => unreachable!("handled above"),
-        PluginCommand::Push { component, slot: slot_name, fixtures, actor } => {
-            let bytes = std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
-            let registry = Registry::new(Runtime::new(None)?, pool, std::sync::Arc::new(config.clone()));
+        PluginCommand::Push {
+            component,
+            slot: slot_name,
+            fixtures,
+            actor,
+        } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let registry = Registry::new(
+                Runtime::new(None)?,
+                pool,
+                std::sync::Arc::new(config.clone()),
+            );
             let fixture = match &fixtures {
                 Some(path) => fixture_files(path)?.into_iter().next().map(|(_, f)| f),
                 None => None,
             };
-            let row = registry.push(slot(&slot_name)?, &bytes, fixture.as_ref(), &actor).await?;
-            println!("stored {} {} ({}) sha256 {}", row.name, row.version, row.slot, row.sha256);
+            let row = registry
+                .push(slot(&slot_name)?, &bytes, fixture.as_ref(), &actor)
+                .await?;
+            println!(
+                "stored {} {} ({}) sha256 {}",
+                row.name, row.version, row.slot, row.sha256
+            );
         }
-        PluginCommand::Activate { slot: slot_name, sha256, config: pairs, actor } => {
+        PluginCommand::Activate {
+            slot: slot_name,
+            sha256,
+            config: pairs,
+            actor,
+        } => {
             let slot = slot(&slot_name)?;
             let (stored_slot, _) = plugins::bytes(&pool, &sha256)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no stored component with sha256 {sha256}"))?;
-            anyhow::ensure!(stored_slot == slot.as_str(), "{sha256} is a {stored_slot} component");
+            anyhow::ensure!(
+                stored_slot == slot.as_str(),
+                "{sha256} is a {stored_slot} component"
+            );
             let map: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
-            let activation = plugins::activate(&pool, slot.as_str(), &sha256, &serde_json::to_value(map)?, "activate", &actor).await?;
-            println!("activated {} on {} (activation {})", activation.sha256, activation.slot, activation.id);
+            let activation = plugins::activate(
+                &pool,
+                slot.as_str(),
+                &sha256,
+                &serde_json::to_value(map)?,
+                "activate",
+                &actor,
+            )
+            .await?;
+            println!(
+                "activated {} on {} (activation {})",
+                activation.sha256, activation.slot, activation.id
+            );
         }
-        PluginCommand::Rollback { slot: slot_name, actor } => {
+        PluginCommand::Rollback {
+            slot: slot_name,
+            actor,
+        } => {
             let slot = slot(&slot_name)?;
             let previous = plugins::previous(&pool, slot.as_str())
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no earlier version of {slot}"))?;
-            let activation =
-                plugins::activate(&pool, slot.as_str(), &previous.sha256, &previous.config, "rollback", &actor).await?;
-            println!("rolled {} back to {} (activation {})", activation.slot, activation.sha256, activation.id);
+            let activation = plugins::activate(
+                &pool,
+                slot.as_str(),
+                &previous.sha256,
+                &previous.config,
+                "rollback",
+                &actor,
+            )
+            .await?;
+            println!(
+                "rolled {} back to {} (activation {})",
+                activation.slot, activation.sha256, activation.id
+            );
         }
         PluginCommand::List => {
             let active = plugins::active(&pool).await?;
             for row in plugins::list(&pool).await? {
-                let mark = if active.iter().any(|a| a.sha256 == row.sha256 && a.slot == row.slot) { "*" } else { " " };
-                println!("{mark} {:<14} {:<24} {:<8} {} {} {}", row.slot, row.name, row.version, &row.sha256[..16], row.uploaded_by, row.uploaded_at);
+                let mark = if active
+                    .iter()
+                    .any(|a| a.sha256 == row.sha256 && a.slot == row.slot)
+                {
+                    "*"
+                } else {
+                    " "
+                };
+                println!(
+                    "{mark} {:<14} {:<24} {:<8} {} {} {}",
+                    row.slot,
+                    row.name,
+                    row.version,
+                    &row.sha256[..16],
+                    row.uploaded_by,
+                    row.uploaded_at
+                );
             }
         }
     }

@@ -18,7 +18,8 @@ pub struct Check {
 /// Every check; a check with breaches > 0 fails the run.
 pub async fn checks(pool: &PgPool, outbox_age_secs: i64) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await };
+    let count =
+        |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await };
 
     checks.push(Check {
         name: "journals balance",
@@ -111,7 +112,8 @@ pub async fn checks(pool: &PgPool, outbox_age_secs: i64) -> anyhow::Result<Vec<C
         detail: "orders with more than one succeeded PSP attempt".into(),
     });
     let parked = count("SELECT count(*) FROM payment_orders WHERE status = 'PARKED'").await?;
-    let review = count("SELECT count(*) FROM payment_orders WHERE status = 'REQUIRES_REVIEW'").await?;
+    let review =
+        count("SELECT count(*) FROM payment_orders WHERE status = 'REQUIRES_REVIEW'").await?;
     checks.push(Check {
         name: "parked orders (DLQ)",
         breaches: parked,
@@ -129,9 +131,16 @@ pub async fn run(config: &Config, outbox_age_secs: i64, json: bool) -> anyhow::R
     } else {
         for check in &checks {
             let mark = if check.breaches == 0 { "ok  " } else { "FAIL" };
-            println!("{mark} {:<44} {:>6}  {}", check.name, check.breaches, check.detail);
+            println!(
+                "{mark} {:<44} {:>6}  {}",
+                check.name, check.breaches, check.detail
+            );
         }
         println!("{} checks, {breached} breached", checks.len());
     }
-    Ok(if breached == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if breached == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -66,7 +66,9 @@ pub struct ExpectedRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Respond {
-    Error { error: String },
+    Error {
+        error: String,
+    },
     Response {
         status: u16,
         #[serde(default)]
@@ -101,7 +103,10 @@ impl HttpScript {
     pub fn answer(&self, request: &http::Request) -> Result<http::Response, http::HttpError> {
         let mut state = self.inner.lock().expect("script lock");
         let Some(exchange) = state.queue.pop_front() else {
-            state.problems.push(format!("unexpected request {} {}", request.method, request.url));
+            state.problems.push(format!(
+                "unexpected request {} {}",
+                request.method, request.url
+            ));
             return Err(http::HttpError::Refused("no scripted exchange left".into()));
         };
         if let Some(expected) = &exchange.expect {
@@ -115,7 +120,11 @@ impl HttpScript {
                 "refused" => http::HttpError::Refused("scripted".into()),
                 _ => http::HttpError::FailedAfterSend("scripted".into()),
             }),
-            Respond::Response { status, headers, body } => Ok(http::Response {
+            Respond::Response {
+                status,
+                headers,
+                body,
+            } => Ok(http::Response {
                 status,
                 headers: headers.into_iter().collect(),
                 body: body.into_bytes(),
@@ -127,7 +136,10 @@ impl HttpScript {
         let mut state = self.inner.lock().expect("script lock");
         let mut problems = std::mem::take(&mut state.problems);
         if !state.queue.is_empty() {
-            problems.push(format!("{} scripted exchange(s) never requested", state.queue.len()));
+            problems.push(format!(
+                "{} scripted exchange(s) never requested",
+                state.queue.len()
+            ));
         }
         problems
     }
@@ -146,7 +158,11 @@ fn mismatches(expected: &ExpectedRequest, request: &http::Request) -> Vec<String
         }
     }
     for (name, value) in &expected.headers {
-        let found = request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+        let found = request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
         if found != Some(value) {
             problems.push(format!("header {name}: expected {value:?}, got {found:?}"));
         }
@@ -187,7 +203,12 @@ impl Report {
     /// Human-readable: one line per case, a diff under each failure.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{} ({})", self.component, &self.sha256[..12.min(self.sha256.len())]);
+        let _ = writeln!(
+            out,
+            "{} ({})",
+            self.component,
+            &self.sha256[..12.min(self.sha256.len())]
+        );
         for case in &self.cases {
             let _ = writeln!(
                 out,
@@ -211,7 +232,12 @@ impl Report {
 }
 
 /// Runs every case of `fixtures` against `loaded`.
-pub async fn run(runtime: &Runtime, loaded: &Loaded, fixtures: &FixtureFile, env: &CallEnv) -> Report {
+pub async fn run(
+    runtime: &Runtime,
+    loaded: &Loaded,
+    fixtures: &FixtureFile,
+    env: &CallEnv,
+) -> Report {
     let mut cases = Vec::new();
     for case in &fixtures.cases {
         cases.push(run_case(runtime, loaded, fixtures, case, env).await);
@@ -220,7 +246,10 @@ pub async fn run(runtime: &Runtime, loaded: &Loaded, fixtures: &FixtureFile, env
         cases.push(CaseReport {
             name: "fixture slot".into(),
             passed: false,
-            problems: vec![format!("fixtures are for {}, component is a {}", fixtures.slot, loaded.slot)],
+            problems: vec![format!(
+                "fixtures are for {}, component is a {}",
+                fixtures.slot, loaded.slot
+            )],
             actual: Value::Null,
             fuel_used: 0,
             peak_memory_bytes: 0,
@@ -234,17 +263,35 @@ pub async fn run(runtime: &Runtime, loaded: &Loaded, fixtures: &FixtureFile, env
     }
 }
 
-async fn run_case(runtime: &Runtime, loaded: &Loaded, file: &FixtureFile, case: &Case, env: &CallEnv) -> CaseReport {
-    let config: Vec<(String, String)> = case.config.as_ref().unwrap_or(&file.config).clone().into_iter().collect();
+async fn run_case(
+    runtime: &Runtime,
+    loaded: &Loaded,
+    file: &FixtureFile,
+    case: &Case,
+    env: &CallEnv,
+) -> CaseReport {
+    let config: Vec<(String, String)> = case
+        .config
+        .as_ref()
+        .unwrap_or(&file.config)
+        .clone()
+        .into_iter()
+        .collect();
     let mut problems = Vec::new();
     let first = call_once(runtime, loaded, case, &config, env).await;
     let second = call_once(runtime, loaded, case, &config, env).await;
     let (actual, stats, http_problems) = match first {
         Ok(done) => done,
-        Err(error) => (json!({ "pluginError": error.class(), "detail": error.to_string() }), CallStats::default(), Vec::new()),
+        Err(error) => (
+            json!({ "pluginError": error.class(), "detail": error.to_string() }),
+            CallStats::default(),
+            Vec::new(),
+        ),
     };
     problems.extend(http_problems);
-    let again = second.map(|(value, _, _)| value).unwrap_or_else(|e| json!({ "pluginError": e.class() }));
+    let again = second
+        .map(|(value, _, _)| value)
+        .unwrap_or_else(|e| json!({ "pluginError": e.class() }));
     if again != actual {
         problems.push(format!("not deterministic: second run returned {again}"));
     }
@@ -272,12 +319,17 @@ fn invariant_problems(slot: Slot, case: &Case, actual: &Value, _env: &CallEnv) -
         Slot::RetryPolicy => {
             if let Some(ms) = actual.get("retryAfter").and_then(Value::as_u64) {
                 if ms > HARNESS_MAX_DELAY_MS {
-                    problems.push(format!("delay {ms} ms exceeds the host maximum {HARNESS_MAX_DELAY_MS} ms"));
+                    problems.push(format!(
+                        "delay {ms} ms exceeds the host maximum {HARNESS_MAX_DELAY_MS} ms"
+                    ));
                 }
             }
         }
         Slot::PostingRules => {
-            if let (Some(entries), Ok(order)) = (actual.get("ok"), serde_json::from_value::<OrderInput>(case.input.clone())) {
+            if let (Some(entries), Ok(order)) = (
+                actual.get("ok"),
+                serde_json::from_value::<OrderInput>(case.input.clone()),
+            ) {
                 if let Ok(entries) = entries_from_json(entries) {
                     let scope = PostingScope {
                         seller_id: &order.seller_id,
@@ -296,15 +348,24 @@ fn invariant_problems(slot: Slot, case: &Case, actual: &Value, _env: &CallEnv) -
 
 type CallResult = Result<(Value, CallStats, Vec<String>), PluginError>;
 
-async fn call_once(runtime: &Runtime, loaded: &Loaded, case: &Case, config: &[(String, String)], env: &CallEnv) -> CallResult {
-    let bad_input = |e: serde_json::Error| PluginError::InvalidOutput(format!("fixture input does not parse: {e}"));
+async fn call_once(
+    runtime: &Runtime,
+    loaded: &Loaded,
+    case: &Case,
+    config: &[(String, String)],
+    env: &CallEnv,
+) -> CallResult {
+    let bad_input = |e: serde_json::Error| {
+        PluginError::InvalidOutput(format!("fixture input does not parse: {e}"))
+    };
     let mut env = env.clone();
     // Harness runs never sleep: a requested delay is recorded, not served.
     env.limits.max_delay_ms = 0;
     env.limits.wall = env.limits.wall.max(Duration::from_secs(10));
     match case.call.as_str() {
         "charge" | "status" => {
-            let input: ChargeInput = serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let input: ChargeInput =
+                serde_json::from_value(case.input.clone()).map_err(bad_input)?;
             let script = HttpScript::new(&case.http);
             env.script = Some(script.clone());
             let request = input.into_wit();
@@ -316,7 +377,8 @@ async fn call_once(runtime: &Runtime, loaded: &Loaded, case: &Case, config: &[(S
             Ok((outcome_json(&outcome), stats, script.finish()))
         }
         "decide" => {
-            let input: DecideInput = serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let input: DecideInput =
+                serde_json::from_value(case.input.clone()).map_err(bad_input)?;
             let context = policy::RetryContext {
                 payment_order_id: input.payment_order_id,
                 attempt: input.attempt,
@@ -332,7 +394,8 @@ async fn call_once(runtime: &Runtime, loaded: &Loaded, case: &Case, config: &[(S
             Ok((value, stats, Vec::new()))
         }
         "post" => {
-            let input: OrderInput = serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let input: OrderInput =
+                serde_json::from_value(case.input.clone()).map_err(bad_input)?;
             let order = input.into_wit();
             let (result, stats) = runtime.post(loaded, &env, config, &order).await?;
             let value = match result {
@@ -341,7 +404,9 @@ async fn call_once(runtime: &Runtime, loaded: &Loaded, case: &Case, config: &[(S
             };
             Ok((value, stats, Vec::new()))
         }
-        other => Err(PluginError::InvalidOutput(format!("unknown call {other:?}"))),
+        other => Err(PluginError::InvalidOutput(format!(
+            "unknown call {other:?}"
+        ))),
     }
 }
 
@@ -427,8 +492,12 @@ impl OrderInput {
 pub fn outcome_json(outcome: &adapter::Outcome) -> Value {
     match outcome {
         adapter::Outcome::Succeeded(reference) => json!({ "succeeded": reference }),
-        adapter::Outcome::Declined(f) => json!({ "declined": { "code": f.code, "message": f.message } }),
-        adapter::Outcome::Transient(f) => json!({ "transient": { "code": f.code, "message": f.message } }),
+        adapter::Outcome::Declined(f) => {
+            json!({ "declined": { "code": f.code, "message": f.message } })
+        }
+        adapter::Outcome::Transient(f) => {
+            json!({ "transient": { "code": f.code, "message": f.message } })
+        }
         adapter::Outcome::Unknown(reason) => json!({ "unknown": reason }),
     }
 }
@@ -469,7 +538,11 @@ fn entries_from_json(value: &Value) -> Result<Vec<rules::JournalEntry>, serde_js
                 .into_iter()
                 .map(|p| rules::Posting {
                     account: p.account,
-                    side: if p.side == "debit" { rules::Side::Debit } else { rules::Side::Credit },
+                    side: if p.side == "debit" {
+                        rules::Side::Debit
+                    } else {
+                        rules::Side::Credit
+                    },
                     amount: rules::Money {
                         quantity: p.amount.quantity,
                         currency: p.amount.currency,
@@ -485,9 +558,13 @@ pub fn matches(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
         (Value::String(s), _) if s == "*" => true,
         (Value::Object(e), Value::Object(a)) => {
-            e.len() == a.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av)))
+            e.len() == a.len()
+                && e.iter()
+                    .all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av)))
         }
-        (Value::Array(e), Value::Array(a)) => e.len() == a.len() && e.iter().zip(a).all(|(x, y)| matches(x, y)),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(x, y)| matches(x, y))
+        }
         _ => expected == actual,
     }
 }
@@ -522,8 +599,14 @@ mod tests {
 
     #[test]
     fn wildcard_matching() {
-        assert!(matches(&json!({"a": "*", "b": 1}), &json!({"a": "anything", "b": 1})));
-        assert!(!matches(&json!({"a": "*", "b": 1}), &json!({"a": "x", "b": 2})));
+        assert!(matches(
+            &json!({"a": "*", "b": 1}),
+            &json!({"a": "anything", "b": 1})
+        ));
+        assert!(!matches(
+            &json!({"a": "*", "b": 1}),
+            &json!({"a": "x", "b": 2})
+        ));
         assert!(!matches(&json!({"a": 1}), &json!({"a": 1, "extra": true})));
     }
 }

@@ -110,7 +110,9 @@ impl http::Host for HostState {
             return script.answer(&request);
         }
         let Some(policy) = self.http.clone() else {
-            return Err(http::HttpError::Refused("this slot has no HTTP access".into()));
+            return Err(http::HttpError::Refused(
+                "this slot has no HTTP access".into(),
+            ));
         };
         self.http_requests += 1;
         if self.http_requests > MAX_HTTP_REQUESTS_PER_CALL {
@@ -145,10 +147,18 @@ impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let message: String = message.chars().take(2_000).collect();
         match level {
-            log::Level::Debug => tracing::debug!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
-            log::Level::Info => tracing::info!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
-            log::Level::Error => tracing::error!(plugin = %self.plugin, traceId = %self.trace_id, "{message}"),
+            log::Level::Debug => {
+                tracing::debug!(plugin = %self.plugin, traceId = %self.trace_id, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(plugin = %self.plugin, traceId = %self.trace_id, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(plugin = %self.plugin, traceId = %self.trace_id, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(plugin = %self.plugin, traceId = %self.trace_id, "{message}")
+            }
         }
         Ok(())
     }
@@ -170,8 +180,14 @@ fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, Stri
     let host = url.host_str().ok_or("url has no host")?;
     let port = url.port_or_known_default().ok_or("url has no port")?;
     let authority = format!("{host}:{port}");
-    if !policy.allow_hosts.iter().any(|allowed| allowed == &authority) {
-        return Err(format!("host {authority} is not in this adapter's allow-list"));
+    if !policy
+        .allow_hosts
+        .iter()
+        .any(|allowed| allowed == &authority)
+    {
+        return Err(format!(
+            "host {authority} is not in this adapter's allow-list"
+        ));
     }
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("bad method {}", request.method))?;
@@ -207,7 +223,10 @@ pub fn inject_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result
     Ok(out)
 }
 
-async fn execute(policy: &HttpPolicy, prepared: Prepared) -> Result<http::Response, http::HttpError> {
+async fn execute(
+    policy: &HttpPolicy,
+    prepared: Prepared,
+) -> Result<http::Response, http::HttpError> {
     let mut builder = policy
         .client
         .request(prepared.method, prepared.url)

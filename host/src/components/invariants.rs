@@ -19,11 +19,15 @@ pub fn check_outcome(outcome: &Outcome, max_bytes: usize) -> Result<(), PluginEr
         Outcome::Unknown(reason) => reason.len(),
     };
     if size > max_bytes.min(8 * 1024) {
-        return Err(PluginError::InvalidOutput(format!("outcome of {size} bytes is too large")));
+        return Err(PluginError::InvalidOutput(format!(
+            "outcome of {size} bytes is too large"
+        )));
     }
     if let Outcome::Succeeded(reference) = outcome {
         if reference.is_empty() {
-            return Err(PluginError::InvalidOutput("succeeded without a PSP reference".into()));
+            return Err(PluginError::InvalidOutput(
+                "succeeded without a PSP reference".into(),
+            ));
         }
     }
     Ok(())
@@ -53,7 +57,9 @@ pub fn check_output_size(entries: &[JournalEntry], max_bytes: usize) -> Result<(
             .sum::<usize>();
     }
     if size > max_bytes {
-        return Err(PluginError::InvalidOutput(format!("output of {size} bytes exceeds {max_bytes}")));
+        return Err(PluginError::InvalidOutput(format!(
+            "output of {size} bytes exceeds {max_bytes}"
+        )));
     }
     Ok(())
 }
@@ -67,15 +73,24 @@ pub struct PostingScope<'a> {
 /// Balanced per entry, ≥ 2 postings, positive amounts, the order's currency,
 /// well-formed `TYPE.OWNER.CURRENCY` codes owned by `GLOBAL` or this seller,
 /// no account twice in one entry, unique (kind, key) pairs.
-pub fn check_journals(entries: &[JournalEntry], scope: &PostingScope<'_>) -> Result<(), PluginError> {
+pub fn check_journals(
+    entries: &[JournalEntry],
+    scope: &PostingScope<'_>,
+) -> Result<(), PluginError> {
     let invalid = |msg: String| Err(PluginError::InvalidOutput(msg));
     let mut keys = BTreeSet::new();
     for entry in entries {
         if !is_code_part(&entry.kind) || (!entry.key.is_empty() && !is_code_part(&entry.key)) {
-            return invalid(format!("bad journal kind/key {:?}/{:?}", entry.kind, entry.key));
+            return invalid(format!(
+                "bad journal kind/key {:?}/{:?}",
+                entry.kind, entry.key
+            ));
         }
         if !keys.insert((entry.kind.as_str(), entry.key.as_str())) {
-            return invalid(format!("journal {}:{} appears twice", entry.kind, entry.key));
+            return invalid(format!(
+                "journal {}:{} appears twice",
+                entry.kind, entry.key
+            ));
         }
         if entry.postings.len() < 2 {
             return invalid(format!("journal {} has fewer than 2 postings", entry.kind));
@@ -84,7 +99,10 @@ pub fn check_journals(entries: &[JournalEntry], scope: &PostingScope<'_>) -> Res
         let mut sums: BTreeMap<&str, (i128, i128)> = BTreeMap::new();
         for posting in &entry.postings {
             if posting.amount.quantity <= 0 {
-                return invalid(format!("journal {}: non-positive amount on {}", entry.kind, posting.account));
+                return invalid(format!(
+                    "journal {}: non-positive amount on {}",
+                    entry.kind, posting.account
+                ));
             }
             if posting.amount.currency != scope.currency {
                 return invalid(format!(
@@ -94,7 +112,10 @@ pub fn check_journals(entries: &[JournalEntry], scope: &PostingScope<'_>) -> Res
             }
             check_account(&posting.account, scope)?;
             if !accounts.insert(posting.account.as_str()) {
-                return invalid(format!("journal {}: account {} posted twice", entry.kind, posting.account));
+                return invalid(format!(
+                    "journal {}: account {} posted twice",
+                    entry.kind, posting.account
+                ));
             }
             let sum = sums.entry(posting.amount.currency.as_str()).or_default();
             match posting.side {
@@ -117,13 +138,20 @@ pub fn check_journals(entries: &[JournalEntry], scope: &PostingScope<'_>) -> Res
 fn check_account(code: &str, scope: &PostingScope<'_>) -> Result<(), PluginError> {
     let parts: Vec<&str> = code.split('.').collect();
     let [kind, owner, currency] = parts.as_slice() else {
-        return Err(PluginError::InvalidOutput(format!("account {code:?} is not TYPE.OWNER.CURRENCY")));
+        return Err(PluginError::InvalidOutput(format!(
+            "account {code:?} is not TYPE.OWNER.CURRENCY"
+        )));
     };
     if !is_code_part(kind) || kind.chars().any(|c| c.is_ascii_lowercase()) {
-        return Err(PluginError::InvalidOutput(format!("account {code:?}: bad type")));
+        return Err(PluginError::InvalidOutput(format!(
+            "account {code:?}: bad type"
+        )));
     }
     if *currency != scope.currency {
-        return Err(PluginError::InvalidOutput(format!("account {code:?}: not in {}", scope.currency)));
+        return Err(PluginError::InvalidOutput(format!(
+            "account {code:?}: not in {}",
+            scope.currency
+        )));
     }
     if *owner != "GLOBAL" && *owner != scope.seller_id {
         return Err(PluginError::InvalidOutput(format!(
@@ -137,7 +165,9 @@ fn check_account(code: &str, scope: &PostingScope<'_>) -> Result<(), PluginError
 fn is_code_part(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -209,7 +239,10 @@ mod tests {
         ];
         for case in cases {
             assert!(
-                matches!(check_journals(&[case.clone()], &SCOPE), Err(PluginError::InvalidOutput(_))),
+                matches!(
+                    check_journals(std::slice::from_ref(&case), &SCOPE),
+                    Err(PluginError::InvalidOutput(_))
+                ),
                 "accepted {case:?}"
             );
         }

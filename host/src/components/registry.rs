@@ -110,9 +110,14 @@ impl Registry {
         let row = plugins::bytes(&self.pool, sha256)
             .await
             .map_err(|e| PluginError::Unavailable(format!("registry read: {e}")))?
-            .ok_or_else(|| PluginError::InvalidComponent(format!("no component with sha256 {sha256}")))?;
+            .ok_or_else(|| {
+                PluginError::InvalidComponent(format!("no component with sha256 {sha256}"))
+            })?;
         if row.0 != slot.as_str() {
-            return Err(PluginError::InvalidComponent(format!("{sha256} is a {} component", row.0)));
+            return Err(PluginError::InvalidComponent(format!(
+                "{sha256} is a {} component",
+                row.0
+            )));
         }
         self.load_bytes(slot, &row.1).await
     }
@@ -135,16 +140,29 @@ impl Registry {
         fixtures: Option<&super::harness::FixtureFile>,
         actor: &str,
     ) -> Result<plugins::PluginRow, PushError> {
-        let loaded = self.load_bytes(slot, bytes).await.map_err(PushError::Refused)?;
+        let loaded = self
+            .load_bytes(slot, bytes)
+            .await
+            .map_err(PushError::Refused)?;
         if let Some(fixtures) = fixtures {
-            let report = super::harness::run(&self.runtime, &loaded, fixtures, &self.env(slot, "harness")).await;
+            let report =
+                super::harness::run(&self.runtime, &loaded, fixtures, &self.env(slot, "harness"))
+                    .await;
             if !report.passed() {
                 return Err(PushError::FixturesFailed(report.render()));
             }
         }
-        plugins::insert(&self.pool, &loaded.sha256, slot.as_str(), &loaded.name, &loaded.version, bytes, actor)
-            .await
-            .map_err(|e| PushError::Store(e.into()))?;
+        plugins::insert(
+            &self.pool,
+            &loaded.sha256,
+            slot.as_str(),
+            &loaded.name,
+            &loaded.version,
+            bytes,
+            actor,
+        )
+        .await
+        .map_err(|e| PushError::Store(e.into()))?;
         plugins::audit(
             &self.pool,
             actor,
@@ -174,13 +192,22 @@ impl Registry {
             }
             let slot_config = self.slot_config(slot);
             let path = dir.join(format!("{}.wasm", slot_config.default_component));
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("reading {} (run `cargo xtask components`)", path.display()))?;
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!("reading {} (run `cargo xtask components`)", path.display())
+            })?;
             self.push(slot, &bytes, None, "bootstrap")
                 .await
                 .map_err(|e| anyhow::anyhow!("{} : {e}", path.display()))?;
             let config = serde_json::to_value(&slot_config.config)?;
-            plugins::activate(&self.pool, slot.as_str(), &sha256_hex(&bytes), &config, "activate", "bootstrap").await?;
+            plugins::activate(
+                &self.pool,
+                slot.as_str(),
+                &sha256_hex(&bytes),
+                &config,
+                "activate",
+                "bootstrap",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -188,9 +215,14 @@ impl Registry {
     /// Makes the node's active versions match the database.
     pub async fn refresh(&self) -> anyhow::Result<()> {
         for activation in plugins::active(&self.pool).await? {
-            let Some(slot) = Slot::parse(&activation.slot) else { continue };
+            let Some(slot) = Slot::parse(&activation.slot) else {
+                continue;
+            };
             let current = self.slots[index(slot)].load();
-            if current.as_ref().is_some_and(|c| c.activation_id == activation.id) {
+            if current
+                .as_ref()
+                .is_some_and(|c| c.activation_id == activation.id)
+            {
                 continue;
             }
             self.swap(slot, &activation).await?;
@@ -202,7 +234,12 @@ impl Registry {
         let loaded = self.by_sha(slot, &activation.sha256).await?;
         tracing::info!(%slot, sha256 = %loaded.sha256, name = %loaded.name, version = %loaded.version,
             activation = activation.id, "component activated");
-        crate::metrics::component_active(slot.as_str(), &loaded.sha256, &loaded.name, &loaded.version);
+        crate::metrics::component_active(
+            slot.as_str(),
+            &loaded.sha256,
+            &loaded.name,
+            &loaded.version,
+        );
         self.slots[index(slot)].store(Some(Arc::new(Active {
             loaded,
             config: activation.config_pairs(),
@@ -260,7 +297,11 @@ impl Registry {
                 let active = self.slots[index(slot)].load_full()?;
                 Some((
                     slot.as_str(),
-                    (active.loaded.sha256.clone(), active.loaded.name.clone(), active.loaded.version.clone()),
+                    (
+                        active.loaded.sha256.clone(),
+                        active.loaded.name.clone(),
+                        active.loaded.version.clone(),
+                    ),
                 ))
             })
             .collect()

@@ -127,8 +127,11 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
 
         let mut adapter_linker = Linker::new(&engine);
-        adapter::Adapter::add_to_linker::<HostState, HasSelf<HostState>>(&mut adapter_linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        adapter::Adapter::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut adapter_linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let plain_linker = Linker::new(&engine);
 
         let mut hasher = DefaultHasher::new();
@@ -156,16 +159,23 @@ impl Runtime {
             Slot::PspAdapter => &self.adapter_linker,
             Slot::RetryPolicy | Slot::PostingRules => &self.plain_linker,
         };
-        let instance_pre: InstancePre<HostState> = linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::InvalidComponent(format!("imports outside the {slot} world: {e:#}")))?;
+        let instance_pre: InstancePre<HostState> =
+            linker.instantiate_pre(&component).map_err(|e| {
+                PluginError::InvalidComponent(format!("imports outside the {slot} world: {e:#}"))
+            })?;
         let wrong_world = |e: wasmtime::Error| {
             PluginError::InvalidComponent(format!("does not implement the {slot} world: {e:#}"))
         };
         let pre = match slot {
-            Slot::PspAdapter => Pre::Adapter(adapter::AdapterPre::new(instance_pre).map_err(wrong_world)?),
-            Slot::RetryPolicy => Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(wrong_world)?),
-            Slot::PostingRules => Pre::Rules(rules::RulesPre::new(instance_pre).map_err(wrong_world)?),
+            Slot::PspAdapter => {
+                Pre::Adapter(adapter::AdapterPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            Slot::RetryPolicy => {
+                Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            Slot::PostingRules => {
+                Pre::Rules(rules::RulesPre::new(instance_pre).map_err(wrong_world)?)
+            }
         };
         let mut loaded = Loaded {
             slot,
@@ -183,7 +193,9 @@ impl Runtime {
         };
         let (name, version) = self.info(&loaded, &env).await?;
         if name.is_empty() || name.len() > 64 || version.is_empty() || version.len() > 32 {
-            return Err(PluginError::InvalidOutput("info() must name the component and its version".into()));
+            return Err(PluginError::InvalidOutput(
+                "info() must name the component and its version".into(),
+            ));
         }
         loaded.name = name;
         loaded.version = version;
@@ -290,15 +302,22 @@ impl Runtime {
         status: bool,
     ) -> Result<(adapter::paynode::psp_adapter::types::Outcome, CallStats), PluginError> {
         let Pre::Adapter(pre) = &loaded.pre else {
-            return Err(PluginError::InvalidComponent(format!("{} is not a psp-adapter", loaded.name)));
+            return Err(PluginError::InvalidComponent(format!(
+                "{} is not a psp-adapter",
+                loaded.name
+            )));
         };
         let (outcome, stats) = self
             .run(loaded, env, |mut store| async move {
                 let instance = pre.instantiate_async(&mut store).await?;
                 let outcome = if status {
-                    instance.call_status(&mut store, &config.to_vec(), request).await?
+                    instance
+                        .call_status(&mut store, &config.to_vec(), request)
+                        .await?
                 } else {
-                    instance.call_charge(&mut store, &config.to_vec(), request).await?
+                    instance
+                        .call_charge(&mut store, &config.to_vec(), request)
+                        .await?
                 };
                 Ok((outcome, store))
             })
@@ -315,11 +334,16 @@ impl Runtime {
         context: &policy::paynode::retry_policy::types::RetryContext,
     ) -> Result<(policy::paynode::retry_policy::types::Decision, CallStats), PluginError> {
         let Pre::Policy(pre) = &loaded.pre else {
-            return Err(PluginError::InvalidComponent(format!("{} is not a retry-policy", loaded.name)));
+            return Err(PluginError::InvalidComponent(format!(
+                "{} is not a retry-policy",
+                loaded.name
+            )));
         };
         self.run(loaded, env, |mut store| async move {
             let instance = pre.instantiate_async(&mut store).await?;
-            let decision = instance.call_decide(&mut store, &config.to_vec(), context).await?;
+            let decision = instance
+                .call_decide(&mut store, &config.to_vec(), context)
+                .await?;
             Ok((decision, store))
         })
         .await
@@ -333,14 +357,28 @@ impl Runtime {
         env: &CallEnv,
         config: &[(String, String)],
         order: &rules::paynode::posting_rules::types::FinalizedOrder,
-    ) -> Result<(Result<Vec<rules::paynode::posting_rules::types::JournalEntry>, rules::paynode::posting_rules::types::RuleError>, CallStats), PluginError> {
+    ) -> Result<
+        (
+            Result<
+                Vec<rules::paynode::posting_rules::types::JournalEntry>,
+                rules::paynode::posting_rules::types::RuleError,
+            >,
+            CallStats,
+        ),
+        PluginError,
+    > {
         let Pre::Rules(pre) = &loaded.pre else {
-            return Err(PluginError::InvalidComponent(format!("{} is not a posting-rules component", loaded.name)));
+            return Err(PluginError::InvalidComponent(format!(
+                "{} is not a posting-rules component",
+                loaded.name
+            )));
         };
         let (result, stats) = self
             .run(loaded, env, |mut store| async move {
                 let instance = pre.instantiate_async(&mut store).await?;
-                let result = instance.call_post(&mut store, &config.to_vec(), order).await?;
+                let result = instance
+                    .call_post(&mut store, &config.to_vec(), order)
+                    .await?;
                 Ok((result, store))
             })
             .await?;
@@ -351,7 +389,12 @@ impl Runtime {
     }
 
     /// One sandboxed call: a fresh store, bounded by the wall-clock cap.
-    async fn run<R, F, Fut>(&self, loaded: &Loaded, env: &CallEnv, call: F) -> Result<(R, CallStats), PluginError>
+    async fn run<R, F, Fut>(
+        &self,
+        loaded: &Loaded,
+        env: &CallEnv,
+        call: F,
+    ) -> Result<(R, CallStats), PluginError>
     where
         F: FnOnce(Store<HostState>) -> Fut,
         Fut: std::future::Future<Output = wasmtime::Result<(R, Store<HostState>)>>,
@@ -394,7 +437,9 @@ fn classify(error: wasmtime::Error, env: &CallEnv) -> PluginError {
     let text = format!("{error:#}");
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return match trap {
-            Trap::OutOfFuel => PluginError::Timeout(format!("CPU budget of {} fuel exhausted", env.limits.fuel)),
+            Trap::OutOfFuel => {
+                PluginError::Timeout(format!("CPU budget of {} fuel exhausted", env.limits.fuel))
+            }
             Trap::Interrupt => PluginError::Timeout("interrupted".into()),
             _ => PluginError::Trap(text),
         };

@@ -62,7 +62,13 @@ impl Envelope {
     }
 
     /// The child of `self`: same trace, parent = this event.
-    pub fn child<T: Serialize>(&self, event_type: &str, aggregate_id: &str, attempt: u32, data: &T) -> Self {
+    pub fn child<T: Serialize>(
+        &self,
+        event_type: &str,
+        aggregate_id: &str,
+        attempt: u32,
+        data: &T,
+    ) -> Self {
         Envelope::new(
             event_type,
             aggregate_id,

@@ -34,7 +34,11 @@ fn journals_of(record: &Inbound) -> Result<Vec<String>, Failure> {
         class: "undecodable",
         message: format!("bad LedgerEntriesRecorded: {e}"),
     })?;
-    Ok(recorded.journals.into_iter().map(|j| j.journal_id).collect())
+    Ok(recorded
+        .journals
+        .into_iter()
+        .map(|j| j.journal_id)
+        .collect())
 }
 
 #[async_trait]
@@ -54,7 +58,12 @@ impl Stage for AccountBalanceConsumer {
     /// One DB transaction for the whole batch.
     async fn handle_batch(&self, batch: &[Inbound], _concurrency: usize) -> Vec<Decision> {
         let parsed: Vec<Result<Vec<String>, Failure>> = batch.iter().map(journals_of).collect();
-        let mut journal_ids: Vec<String> = parsed.iter().filter_map(|p| p.as_ref().ok()).flatten().cloned().collect();
+        let mut journal_ids: Vec<String> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .flatten()
+            .cloned()
+            .collect();
         journal_ids.sort();
         journal_ids.dedup();
         let applied = ledger::apply_to_balances(&self.ctx.pool, &journal_ids).await;

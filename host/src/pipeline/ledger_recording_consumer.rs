@@ -20,7 +20,8 @@ use crate::components::bindings::rules::paynode::posting_rules::types as wit;
 use crate::components::invariants::{check_journals, PostingScope};
 use crate::components::{PluginError, Slot};
 use crate::domain::events::{
-    event_type, Envelope, FinalStatus, LedgerEntriesRecorded, OrderFinalized, RecordedJournal, RecordedPosting,
+    event_type, Envelope, FinalStatus, LedgerEntriesRecorded, OrderFinalized, RecordedJournal,
+    RecordedPosting,
 };
 use crate::kafka::topic;
 use crate::store::{ledger, orders};
@@ -34,8 +35,16 @@ impl LedgerRecordingConsumer {
         LedgerRecordingConsumer { ctx }
     }
 
-    async fn run_rules(&self, envelope: &Envelope, finalized: &OrderFinalized) -> Result<LedgerEntriesRecorded, Failure> {
-        let active = self.ctx.registry.active(Slot::PostingRules).map_err(rule_failure)?;
+    async fn run_rules(
+        &self,
+        envelope: &Envelope,
+        finalized: &OrderFinalized,
+    ) -> Result<LedgerEntriesRecorded, Failure> {
+        let active = self
+            .ctx
+            .registry
+            .active(Slot::PostingRules)
+            .map_err(rule_failure)?;
         let order = wit::FinalizedOrder {
             payment_order_id: finalized.order.payment_order_id.to_string(),
             payment_id: finalized.order.payment_id.to_string(),
@@ -50,7 +59,10 @@ impl LedgerRecordingConsumer {
             },
             psp_reference: finalized.psp_reference.clone().unwrap_or_default(),
         };
-        let env = self.ctx.registry.env(Slot::PostingRules, &envelope.trace_id);
+        let env = self
+            .ctx
+            .registry
+            .env(Slot::PostingRules, &envelope.trace_id);
         let started = Instant::now();
         let result = self
             .ctx
@@ -129,7 +141,11 @@ fn rule_failure(error: PluginError) -> Failure {
 fn recorded_event(envelope: &Envelope, recorded: &LedgerEntriesRecorded) -> Outbound {
     let aggregate = recorded.payment_order_id.to_string();
     let event = envelope.child(event_type::LEDGER_ENTRIES_RECORDED, &aggregate, 1, recorded);
-    Outbound::new(topic::LEDGER_ENTRIES_RECORDED, recorded.seller_id.clone(), event)
+    Outbound::new(
+        topic::LEDGER_ENTRIES_RECORDED,
+        recorded.seller_id.clone(),
+        event,
+    )
 }
 
 #[async_trait]
@@ -156,7 +172,12 @@ impl Stage for LedgerRecordingConsumer {
         Ok(vec![recorded_event(envelope, &recorded)])
     }
 
-    async fn on_poison(&self, record: &Inbound, envelope: Option<&Envelope>, reason: &str) -> anyhow::Result<()> {
+    async fn on_poison(
+        &self,
+        record: &Inbound,
+        envelope: Option<&Envelope>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         // A succeeded order whose ledger recording failed is parked too, so
         // it shows up for review; its PSP state is final already.
         if let Some(order_id) = order_id_of(record, envelope) {

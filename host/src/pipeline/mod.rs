@@ -45,10 +45,26 @@ pub struct PipelineContext {
 }
 
 /// Starts the configured number of workers of every stage.
-pub fn spawn_all(ctx: &PipelineContext, tasks: &mut JoinSet<anyhow::Result<()>>, shutdown: &CancellationToken) {
+pub fn spawn_all(
+    ctx: &PipelineContext,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) {
     let stages = &ctx.config.stages;
-    let executor_failpoint = Arc::new(AbortFailpoint(ctx.config.failpoints.psp_executor_abort_before_commit.into()));
-    spawn_stage(ctx, tasks, shutdown, stages.payment_order_enqueuer, Arc::new(payment_order_enqueuer::PaymentOrderEnqueuer), None);
+    let executor_failpoint = Arc::new(AbortFailpoint(
+        ctx.config
+            .failpoints
+            .psp_executor_abort_before_commit
+            .into(),
+    ));
+    spawn_stage(
+        ctx,
+        tasks,
+        shutdown,
+        stages.payment_order_enqueuer,
+        Arc::new(payment_order_enqueuer::PaymentOrderEnqueuer),
+        None,
+    );
     spawn_stage(
         ctx,
         tasks,
@@ -78,7 +94,9 @@ pub fn spawn_all(ctx: &PipelineContext, tasks: &mut JoinSet<anyhow::Result<()>>,
         tasks,
         shutdown,
         stages.ledger_recording_consumer,
-        Arc::new(ledger_recording_consumer::LedgerRecordingConsumer::new(ctx.clone())),
+        Arc::new(ledger_recording_consumer::LedgerRecordingConsumer::new(
+            ctx.clone(),
+        )),
         None,
     );
     spawn_stage(
@@ -86,14 +104,24 @@ pub fn spawn_all(ctx: &PipelineContext, tasks: &mut JoinSet<anyhow::Result<()>>,
         tasks,
         shutdown,
         stages.account_balance_consumer,
-        Arc::new(account_balance_consumer::AccountBalanceConsumer::new(ctx.clone())),
+        Arc::new(account_balance_consumer::AccountBalanceConsumer::new(
+            ctx.clone(),
+        )),
         None,
     );
     for worker in 0..stages.outbox_dispatcher {
-        tasks.spawn(outbox_dispatcher::run(ctx.clone(), worker, shutdown.clone()));
+        tasks.spawn(outbox_dispatcher::run(
+            ctx.clone(),
+            worker,
+            shutdown.clone(),
+        ));
     }
     for worker in 0..stages.retry_scheduler {
-        tasks.spawn(retry_dispatcher_scheduler::run(ctx.clone(), worker, shutdown.clone()));
+        tasks.spawn(retry_dispatcher_scheduler::run(
+            ctx.clone(),
+            worker,
+            shutdown.clone(),
+        ));
     }
 }
 
@@ -107,6 +135,12 @@ fn spawn_stage<S: Stage>(
 ) {
     let failpoint = failpoint.unwrap_or_default();
     for worker in 0..workers {
-        tasks.spawn(stage_loop::run(stage.clone(), ctx.clone(), worker, failpoint.clone(), shutdown.clone()));
+        tasks.spawn(stage_loop::run(
+            stage.clone(),
+            ctx.clone(),
+            worker,
+            failpoint.clone(),
+            shutdown.clone(),
+        ));
     }
 }

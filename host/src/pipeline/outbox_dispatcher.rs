@@ -20,10 +20,14 @@ use crate::store::outbox;
 /// How often worker 0 maintains partitions.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
-pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let txid = ctx
-        .names
-        .transactional_id("outbox_dispatcher", &ctx.config.stages.instance_id, worker);
+pub async fn run(
+    ctx: PipelineContext,
+    worker: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let txid =
+        ctx.names
+            .transactional_id("outbox_dispatcher", &ctx.config.stages.instance_id, worker);
     let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
     let poll = Duration::from_millis(ctx.config.outbox.poll_interval_ms);
     let worker_label = worker.to_string();
@@ -55,7 +59,13 @@ pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToke
 
 async fn maintain(ctx: &PipelineContext) {
     let outbox = &ctx.config.outbox;
-    match outbox::maintain_partitions(&ctx.pool, outbox.partitions_ahead_minutes, outbox.keep_drained_minutes).await {
+    match outbox::maintain_partitions(
+        &ctx.pool,
+        outbox.partitions_ahead_minutes,
+        outbox.keep_drained_minutes,
+    )
+    .await
+    {
         Ok((created, dropped)) if created + dropped > 0 => {
             tracing::info!(created, dropped, "outbox partitions maintained")
         }
@@ -76,7 +86,10 @@ impl<E: Into<anyhow::Error>> From<E> for DispatchError {
 }
 
 /// Publishes one batch; returns how many rows were sent.
-async fn dispatch_batch(ctx: &PipelineContext, producer: &rdkafka::producer::FutureProducer) -> Result<usize, DispatchError> {
+async fn dispatch_batch(
+    ctx: &PipelineContext,
+    producer: &rdkafka::producer::FutureProducer,
+) -> Result<usize, DispatchError> {
     use rdkafka::producer::Producer;
     let mut tx = ctx.pool.begin().await?;
     let rows = outbox::claim(&mut tx, ctx.config.outbox.batch_size).await?;
@@ -99,7 +112,11 @@ async fn dispatch_batch(ctx: &PipelineContext, producer: &rdkafka::producer::Fut
             .into_iter()
             .find(|t| *t == row.topic)
             .ok_or_else(|| anyhow::anyhow!("outbox row for unknown topic {}", row.topic))?;
-        if let Err(error) = send(producer, &ctx.names, &Outbound::new(topic, row.message_key.clone(), envelope)) {
+        if let Err(error) = send(
+            producer,
+            &ctx.names,
+            &Outbound::new(topic, row.message_key.clone(), envelope),
+        ) {
             let _ = producer.abort_transaction(timeout);
             return Err(DispatchError::Retry(error));
         }

@@ -25,8 +25,8 @@ use crate::domain::events::{event_type, Envelope, PspCallRequested, PspResultUpd
 use crate::domain::payment::{OrderStatus, OutcomeKind, PspOutcome};
 use crate::kafka::{header, topic};
 use crate::store::attempts::{self, Claim};
-use crate::store::payments::{AttemptRow, OrderRow};
 use crate::store::orders;
+use crate::store::payments::{AttemptRow, OrderRow};
 
 pub struct PaymentOrderPspCallExecutor {
     ctx: PipelineContext,
@@ -37,15 +37,26 @@ impl PaymentOrderPspCallExecutor {
         PaymentOrderPspCallExecutor { ctx }
     }
 
-    async fn pinned_adapter(&self, order_id: Uuid) -> Result<(std::sync::Arc<Loaded>, Vec<(String, String)>), Failure> {
-        let active = self.ctx.registry.active(Slot::PspAdapter).map_err(plugin_failure)?;
+    async fn pinned_adapter(
+        &self,
+        order_id: Uuid,
+    ) -> Result<(std::sync::Arc<Loaded>, Vec<(String, String)>), Failure> {
+        let active = self
+            .ctx
+            .registry
+            .active(Slot::PspAdapter)
+            .map_err(plugin_failure)?;
         let pinned = orders::pin_adapter(&self.ctx.pool, order_id, &active.loaded.sha256)
             .await?
             .unwrap_or_else(|| active.loaded.sha256.clone());
         let loaded = if pinned == active.loaded.sha256 {
             active.loaded.clone()
         } else {
-            self.ctx.registry.by_sha(Slot::PspAdapter, &pinned).await.map_err(plugin_failure)?
+            self.ctx
+                .registry
+                .by_sha(Slot::PspAdapter, &pinned)
+                .await
+                .map_err(plugin_failure)?
         };
         Ok((loaded, active.config.clone()))
     }
@@ -69,7 +80,11 @@ impl PaymentOrderPspCallExecutor {
             calls += 1;
             let started = Instant::now();
             let result = runtime.charge(adapter, &env, config, request).await;
-            crate::metrics::component_call(Slot::PspAdapter.as_str(), started, result.as_ref().err());
+            crate::metrics::component_call(
+                Slot::PspAdapter.as_str(),
+                started,
+                result.as_ref().err(),
+            );
             result.map_err(plugin_failure)?.0
         };
         let mut settled_by_status = false;
@@ -84,7 +99,11 @@ impl PaymentOrderPspCallExecutor {
             calls += 1;
             let started = Instant::now();
             let result = runtime.status(adapter, &env, config, request).await;
-            crate::metrics::component_call(Slot::PspAdapter.as_str(), started, result.as_ref().err());
+            crate::metrics::component_call(
+                Slot::PspAdapter.as_str(),
+                started,
+                result.as_ref().err(),
+            );
             match result {
                 Ok((answer, _)) => {
                     settled_by_status = !matches!(answer, wit::Outcome::Unknown(_));
@@ -101,7 +120,9 @@ fn to_domain(outcome: wit::Outcome) -> PspOutcome {
     match outcome {
         wit::Outcome::Succeeded(reference) => PspOutcome::succeeded(reference),
         wit::Outcome::Declined(f) => PspOutcome::failure(OutcomeKind::Declined, f.code, f.message),
-        wit::Outcome::Transient(f) => PspOutcome::failure(OutcomeKind::Transient, f.code, f.message),
+        wit::Outcome::Transient(f) => {
+            PspOutcome::failure(OutcomeKind::Transient, f.code, f.message)
+        }
         wit::Outcome::Unknown(reason) => PspOutcome::unknown(reason),
     }
 }
@@ -140,7 +161,14 @@ fn charge_request(order: &OrderRow, attempt: u32) -> wit::ChargeRequest {
     }
 }
 
-fn result_event(envelope: &Envelope, request: &PspCallRequested, outcome: PspOutcome, latency_ms: i64, sha: &str, settled: bool) -> Outbound {
+fn result_event(
+    envelope: &Envelope,
+    request: &PspCallRequested,
+    outcome: PspOutcome,
+    latency_ms: i64,
+    sha: &str,
+    settled: bool,
+) -> Outbound {
     let key = request.order.payment_order_id.to_string();
     let result = PspResultUpdated {
         order: request.order.clone(),
@@ -150,9 +178,15 @@ fn result_event(envelope: &Envelope, request: &PspCallRequested, outcome: PspOut
         component_sha256: sha.to_string(),
         settled_by_status: settled,
     };
-    let event = envelope.child(event_type::PSP_RESULT_UPDATED, &key, request.attempt, &result);
+    let event = envelope.child(
+        event_type::PSP_RESULT_UPDATED,
+        &key,
+        request.attempt,
+        &result,
+    );
     let mut out = Outbound::new(topic::PSP_RESULT_UPDATED, key, event);
-    out.headers.push((header::COMPONENT_SHA256, sha.to_string()));
+    out.headers
+        .push((header::COMPONENT_SHA256, sha.to_string()));
     out
 }
 
@@ -174,15 +208,22 @@ impl Stage for PaymentOrderPspCallExecutor {
         if request.attempt == 0 || request.attempt > self.ctx.config.retry.max_attempts {
             return Err(Failure::Poison {
                 class: "invalid_event",
-                message: format!("attempt {} outside 1..={}", request.attempt, self.ctx.config.retry.max_attempts),
+                message: format!(
+                    "attempt {} outside 1..={}",
+                    request.attempt, self.ctx.config.retry.max_attempts
+                ),
             });
         }
         let order_id = request.order.payment_order_id;
-        let order = orders::get(&self.ctx.pool, order_id).await?.ok_or_else(|| Failure::Poison {
-            class: "invalid_event",
-            message: format!("unknown payment order {order_id}"),
-        })?;
-        if order.amount_minor != request.order.amount.quantity || order.seller_id != request.order.seller_id {
+        let order = orders::get(&self.ctx.pool, order_id)
+            .await?
+            .ok_or_else(|| Failure::Poison {
+                class: "invalid_event",
+                message: format!("unknown payment order {order_id}"),
+            })?;
+        if order.amount_minor != request.order.amount.quantity
+            || order.seller_id != request.order.seller_id
+        {
             return Err(Failure::Poison {
                 class: "invalid_event",
                 message: "event disagrees with the stored payment order".into(),
@@ -190,15 +231,24 @@ impl Stage for PaymentOrderPspCallExecutor {
         }
         let attempt = request.attempt as i32;
         let status = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending);
-        let stale = status.is_final() || status == OrderStatus::RequiresReview || attempt <= order.last_applied_attempt;
+        let stale = status.is_final()
+            || status == OrderStatus::RequiresReview
+            || attempt <= order.last_applied_attempt;
 
         let (adapter, config) = self.pinned_adapter(order_id).await?;
         let claim = if stale {
             None
         } else {
             Some(
-                attempts::claim(&self.ctx.pool, order_id, attempt, &order.psp_idempotency_key, &adapter.sha256, &envelope.trace_id)
-                    .await?,
+                attempts::claim(
+                    &self.ctx.pool,
+                    order_id,
+                    attempt,
+                    &order.psp_idempotency_key,
+                    &adapter.sha256,
+                    &envelope.trace_id,
+                )
+                .await?,
             )
         };
         let may_have_charged = match claim {
@@ -210,7 +260,14 @@ impl Stage for PaymentOrderPspCallExecutor {
                 if let Some(outcome) = from_row(&row) {
                     // Replay: same result event, no PSP call.
                     let latency = row.latency_ms.unwrap_or(0);
-                    return Ok(vec![result_event(envelope, &request, outcome, latency, &row.component_sha256, row.settled_by_status)]);
+                    return Ok(vec![result_event(
+                        envelope,
+                        &request,
+                        outcome,
+                        latency,
+                        &row.component_sha256,
+                        row.settled_by_status,
+                    )]);
                 }
                 true
             }
@@ -221,17 +278,44 @@ impl Stage for PaymentOrderPspCallExecutor {
         let started = Instant::now();
         let charge = charge_request(&order, request.attempt);
         let (outcome, settled, calls) = self
-            .call_psp(&adapter, &config, &charge, may_have_charged, &envelope.trace_id)
+            .call_psp(
+                &adapter,
+                &config,
+                &charge,
+                may_have_charged,
+                &envelope.trace_id,
+            )
             .await?;
         let latency_ms = started.elapsed().as_millis() as i64;
         crate::metrics::psp_call(outcome.kind.as_str(), started);
-        let row = attempts::finish(&self.ctx.pool, order_id, attempt, &outcome, latency_ms, settled, calls).await?;
+        let row = attempts::finish(
+            &self.ctx.pool,
+            order_id,
+            attempt,
+            &outcome,
+            latency_ms,
+            settled,
+            calls,
+        )
+        .await?;
         let recorded = from_row(&row).unwrap_or(outcome);
         tracing::info!(attempt, outcome = recorded.kind.as_str(), latency_ms, component = %adapter.name, "PSP call done");
-        Ok(vec![result_event(envelope, &request, recorded, latency_ms, &row.component_sha256, row.settled_by_status)])
+        Ok(vec![result_event(
+            envelope,
+            &request,
+            recorded,
+            latency_ms,
+            &row.component_sha256,
+            row.settled_by_status,
+        )])
     }
 
-    async fn on_poison(&self, record: &Inbound, envelope: Option<&Envelope>, reason: &str) -> anyhow::Result<()> {
+    async fn on_poison(
+        &self,
+        record: &Inbound,
+        envelope: Option<&Envelope>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         if let Some(order_id) = order_id_of(record, envelope) {
             orders::park(&self.ctx.pool, order_id, reason).await?;
         }

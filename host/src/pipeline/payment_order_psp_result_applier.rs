@@ -21,7 +21,9 @@ use super::stage_loop::{order_id_of, Decision, Failure, Inbound, Outbound, Stage
 use super::PipelineContext;
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
 use crate::components::{PluginError, Slot};
-use crate::domain::events::{event_type, Envelope, FinalStatus, OrderFinalized, PspCallRequested, PspResultUpdated};
+use crate::domain::events::{
+    event_type, Envelope, FinalStatus, OrderFinalized, PspCallRequested, PspResultUpdated,
+};
 use crate::domain::payment::{OrderStatus, OutcomeKind};
 use crate::kafka::topic;
 use crate::store::orders;
@@ -42,25 +44,52 @@ impl PaymentOrderPspResultApplier {
         PaymentOrderPspResultApplier { ctx }
     }
 
-    async fn decide(&self, envelope: &Envelope, result: &PspResultUpdated, order: &OrderRow) -> Result<Next, Failure> {
+    async fn decide(
+        &self,
+        envelope: &Envelope,
+        result: &PspResultUpdated,
+        order: &OrderRow,
+    ) -> Result<Next, Failure> {
         let outcome = &result.outcome;
         Ok(match outcome.kind {
             OutcomeKind::Succeeded => Next::Final(FinalStatus::Succeeded, None),
             OutcomeKind::Declined => Next::Final(
                 FinalStatus::Failed,
-                Some(format!("declined: {}", outcome.code.clone().unwrap_or_default())),
+                Some(format!(
+                    "declined: {}",
+                    outcome.code.clone().unwrap_or_default()
+                )),
             ),
-            OutcomeKind::Unknown => Next::Review(outcome.message.clone().unwrap_or_else(|| "unknown PSP outcome".into())),
-            OutcomeKind::Transient if result.attempt >= self.ctx.config.retry.max_attempts => Next::Final(
-                FinalStatus::Failed,
-                Some(format!("gave up after {} PSP calls (host cap)", result.attempt)),
+            OutcomeKind::Unknown => Next::Review(
+                outcome
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "unknown PSP outcome".into()),
             ),
+            OutcomeKind::Transient if result.attempt >= self.ctx.config.retry.max_attempts => {
+                Next::Final(
+                    FinalStatus::Failed,
+                    Some(format!(
+                        "gave up after {} PSP calls (host cap)",
+                        result.attempt
+                    )),
+                )
+            }
             OutcomeKind::Transient => self.ask_policy(envelope, result, order).await?,
         })
     }
 
-    async fn ask_policy(&self, envelope: &Envelope, result: &PspResultUpdated, order: &OrderRow) -> Result<Next, Failure> {
-        let active = self.ctx.registry.active(Slot::RetryPolicy).map_err(policy_failure)?;
+    async fn ask_policy(
+        &self,
+        envelope: &Envelope,
+        result: &PspResultUpdated,
+        order: &OrderRow,
+    ) -> Result<Next, Failure> {
+        let active = self
+            .ctx
+            .registry
+            .active(Slot::RetryPolicy)
+            .map_err(policy_failure)?;
         let context = wit::RetryContext {
             payment_order_id: result.order.payment_order_id.to_string(),
             attempt: result.attempt,
@@ -78,8 +107,12 @@ impl PaymentOrderPspResultApplier {
             .await;
         crate::metrics::component_call(Slot::RetryPolicy.as_str(), started, decided.as_ref().err());
         Ok(match decided.map_err(policy_failure)?.0 {
-            wit::Decision::RetryAfter(ms) => Next::RetryAfterMs(ms.min(self.ctx.config.retry.max_delay_ms)),
-            wit::Decision::GiveUp(reason) => Next::Final(FinalStatus::Failed, Some(truncate(&reason, 500))),
+            wit::Decision::RetryAfter(ms) => {
+                Next::RetryAfterMs(ms.min(self.ctx.config.retry.max_delay_ms))
+            }
+            wit::Decision::GiveUp(reason) => {
+                Next::Final(FinalStatus::Failed, Some(truncate(&reason, 500)))
+            }
         })
     }
 }
@@ -105,7 +138,12 @@ fn policy_failure(error: PluginError) -> Failure {
     }
 }
 
-fn finalized_event(envelope: &Envelope, result: &PspResultUpdated, status: FinalStatus, reason: Option<String>) -> Outbound {
+fn finalized_event(
+    envelope: &Envelope,
+    result: &PspResultUpdated,
+    status: FinalStatus,
+    reason: Option<String>,
+) -> Outbound {
     let key = result.order.payment_order_id.to_string();
     let finalized = OrderFinalized {
         order: result.order.clone(),
@@ -114,7 +152,12 @@ fn finalized_event(envelope: &Envelope, result: &PspResultUpdated, status: Final
         final_attempt: result.attempt,
         reason,
     };
-    let event = envelope.child(event_type::PAYMENT_ORDER_FINALIZED, &key, result.attempt, &finalized);
+    let event = envelope.child(
+        event_type::PAYMENT_ORDER_FINALIZED,
+        &key,
+        result.attempt,
+        &finalized,
+    );
     Outbound::new(topic::PAYMENT_ORDER_FINALIZED, key, event)
 }
 
@@ -134,10 +177,12 @@ impl Stage for PaymentOrderPspResultApplier {
             message: format!("bad PaymentOrderPspResultUpdated: {e}"),
         })?;
         let order_id = result.order.payment_order_id;
-        let order = orders::get(&self.ctx.pool, order_id).await?.ok_or_else(|| Failure::Poison {
-            class: "invalid_event",
-            message: format!("unknown payment order {order_id}"),
-        })?;
+        let order = orders::get(&self.ctx.pool, order_id)
+            .await?
+            .ok_or_else(|| Failure::Poison {
+                class: "invalid_event",
+                message: format!("unknown payment order {order_id}"),
+            })?;
         let attempt = result.attempt as i32;
         let status = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending);
 
@@ -146,8 +191,17 @@ impl Stage for PaymentOrderPspResultApplier {
             // re-produces the same finalized event; a DB commit followed by a
             // Kafka abort must not lose it.
             if status.is_final() && order.final_attempt == Some(attempt) {
-                let final_status = if status == OrderStatus::Succeeded { FinalStatus::Succeeded } else { FinalStatus::Failed };
-                return Ok(vec![finalized_event(envelope, &result, final_status, order.failure_reason.clone())]);
+                let final_status = if status == OrderStatus::Succeeded {
+                    FinalStatus::Succeeded
+                } else {
+                    FinalStatus::Failed
+                };
+                return Ok(vec![finalized_event(
+                    envelope,
+                    &result,
+                    final_status,
+                    order.failure_reason.clone(),
+                )]);
             }
             if order.next_attempt == Some(attempt + 1) {
                 if let Some(due) = order.next_retry_at {
@@ -176,7 +230,12 @@ impl Stage for PaymentOrderPspResultApplier {
                     reason.as_deref(),
                 )
                 .await?;
-                Ok(vec![finalized_event(envelope, &result, final_status, reason)])
+                Ok(vec![finalized_event(
+                    envelope,
+                    &result,
+                    final_status,
+                    reason,
+                )])
             }
             Next::RetryAfterMs(delay_ms) => {
                 let due = Utc::now() + chrono::Duration::milliseconds(delay_ms as i64);
@@ -194,7 +253,12 @@ impl Stage for PaymentOrderPspResultApplier {
         }
     }
 
-    async fn on_poison(&self, record: &Inbound, envelope: Option<&Envelope>, reason: &str) -> anyhow::Result<()> {
+    async fn on_poison(
+        &self,
+        record: &Inbound,
+        envelope: Option<&Envelope>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         if let Some(order_id) = order_id_of(record, envelope) {
             orders::park(&self.ctx.pool, order_id, reason).await?;
         }
@@ -203,7 +267,12 @@ impl Stage for PaymentOrderPspResultApplier {
 }
 
 impl PaymentOrderPspResultApplier {
-    async fn enqueue_retry(&self, envelope: &Envelope, result: &PspResultUpdated, due: chrono::DateTime<Utc>) -> Result<(), Failure> {
+    async fn enqueue_retry(
+        &self,
+        envelope: &Envelope,
+        result: &PspResultUpdated,
+        due: chrono::DateTime<Utc>,
+    ) -> Result<(), Failure> {
         let next = PspCallRequested {
             order: result.order.clone(),
             attempt: result.attempt + 1,

@@ -23,10 +23,16 @@ use crate::store::orders;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let txid = ctx
-        .names
-        .transactional_id("retry_dispatcher_scheduler", &ctx.config.stages.instance_id, worker);
+pub async fn run(
+    ctx: PipelineContext,
+    worker: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let txid = ctx.names.transactional_id(
+        "retry_dispatcher_scheduler",
+        &ctx.config.stages.instance_id,
+        worker,
+    );
     let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
     let poll = Duration::from_millis(ctx.config.retry.poll_interval_ms);
     let mut last_sweep = tokio::time::Instant::now();
@@ -41,7 +47,10 @@ pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToke
             }
             Err(error) => {
                 crate::metrics::retry_event("failed");
-                if error.downcast_ref::<rdkafka::error::KafkaError>().is_some_and(is_fatal) {
+                if error
+                    .downcast_ref::<rdkafka::error::KafkaError>()
+                    .is_some_and(is_fatal)
+                {
                     return Err(error);
                 }
                 tracing::warn!(error = %format!("{error:#}"), "retry dispatch failed");
@@ -67,7 +76,10 @@ pub async fn run(ctx: PipelineContext, worker: usize, shutdown: CancellationToke
 async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyhow::Result<usize> {
     let retry = &ctx.config.retry;
     let now_ms = Utc::now().timestamp_millis();
-    let due = ctx.retry_queue.claim_due(now_ms, retry.batch_size, retry.lease_ms).await?;
+    let due = ctx
+        .retry_queue
+        .claim_due(now_ms, retry.batch_size, retry.lease_ms)
+        .await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -75,7 +87,11 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
     let produced = (|| -> anyhow::Result<()> {
         producer.begin_transaction()?;
         for event in &due {
-            let out = Outbound::new(topic::PSP_CALL_REQUESTED, event.aggregate_id.clone(), event.clone());
+            let out = Outbound::new(
+                topic::PSP_CALL_REQUESTED,
+                event.aggregate_id.clone(),
+                event.clone(),
+            );
             if let Err(error) = send(producer, &ctx.names, &out) {
                 let _ = producer.abort_transaction(timeout);
                 return Err(error);
@@ -103,8 +119,11 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
 /// Re-adds overdue retries that Redis no longer holds (Redis lost data).
 async fn sweep(ctx: &PipelineContext) -> anyhow::Result<()> {
     let grace = chrono::Duration::milliseconds(ctx.config.retry.sweep_grace_ms as i64);
-    for (order_id, attempt, due) in orders::due_retries(&ctx.pool, Utc::now() - grace, 1000).await? {
-        let Some(order) = orders::get(&ctx.pool, order_id).await? else { continue };
+    for (order_id, attempt, due) in orders::due_retries(&ctx.pool, Utc::now() - grace, 1000).await?
+    {
+        let Some(order) = orders::get(&ctx.pool, order_id).await? else {
+            continue;
+        };
         let request = PspCallRequested {
             order: OrderRef {
                 payment_order_id: order.payment_order_id,
@@ -115,14 +134,24 @@ async fn sweep(ctx: &PipelineContext) -> anyhow::Result<()> {
             attempt: attempt as u32,
         };
         let key = order_id.to_string();
-        let trace_id: String = sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
-            .bind(order.payment_id)
-            .fetch_one(&ctx.pool)
-            .await?;
-        let event = Envelope::new(event_type::PSP_CALL_REQUESTED, &key, attempt as u32, &trace_id, None, &request);
+        let trace_id: String =
+            sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
+                .bind(order.payment_id)
+                .fetch_one(&ctx.pool)
+                .await?;
+        let event = Envelope::new(
+            event_type::PSP_CALL_REQUESTED,
+            &key,
+            attempt as u32,
+            &trace_id,
+            None,
+            &request,
+        );
         if !ctx.retry_queue.contains(&event).await? {
             tracing::warn!(%order_id, attempt, "retry missing from Redis; re-adding");
-            ctx.retry_queue.schedule(&event, due.timestamp_millis()).await?;
+            ctx.retry_queue
+                .schedule(&event, due.timestamp_millis())
+                .await?;
         }
     }
     Ok(())

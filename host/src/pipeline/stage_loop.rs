@@ -62,7 +62,10 @@ impl Outbound {
 #[derive(Debug)]
 pub enum Failure {
     /// Can never succeed as is: the record goes to its DLQ.
-    Poison { class: &'static str, message: String },
+    Poison {
+        class: &'static str,
+        message: String,
+    },
     /// May succeed later (a database or broker hiccup): abort and retry the batch.
     Retryable(anyhow::Error),
 }
@@ -115,11 +118,19 @@ pub trait Stage: Send + Sync + 'static {
         for (index, decision) in groups.into_iter().flatten() {
             results[index] = Some(decision);
         }
-        results.into_iter().map(|d| d.expect("every record decided")).collect()
+        results
+            .into_iter()
+            .map(|d| d.expect("every record decided"))
+            .collect()
     }
 
     /// Called when a record goes to the DLQ (e.g. to park its order).
-    async fn on_poison(&self, _record: &Inbound, _envelope: Option<&Envelope>, _reason: &str) -> anyhow::Result<()> {
+    async fn on_poison(
+        &self,
+        _record: &Inbound,
+        _envelope: Option<&Envelope>,
+        _reason: &str,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -139,7 +150,11 @@ pub struct RebalanceWatch {
 impl ClientContext for RebalanceWatch {}
 
 impl ConsumerContext for RebalanceWatch {
-    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         if matches!(rebalance, Rebalance::Revoke(_)) {
             self.revoked.store(true, Ordering::SeqCst);
         }
@@ -148,7 +163,11 @@ impl ConsumerContext for RebalanceWatch {
 
 pub type StageConsumer = StreamConsumer<RebalanceWatch>;
 
-pub fn consumer(ctx: &PipelineContext, group: &str, topics: &[String]) -> anyhow::Result<StageConsumer> {
+pub fn consumer(
+    ctx: &PipelineContext,
+    group: &str,
+    topics: &[String],
+) -> anyhow::Result<StageConsumer> {
     let consumer: StageConsumer = kafka::base_config(&ctx.config.kafka)
         .set("group.id", group)
         .set("isolation.level", "read_committed")
@@ -167,7 +186,12 @@ pub fn consumer(ctx: &PipelineContext, group: &str, topics: &[String]) -> anyhow
 
 /// Collects up to `max` records: waits for the first (or shutdown), then at
 /// most `wait` for more.
-pub async fn collect(consumer: &StageConsumer, max: usize, wait: Duration, shutdown: &CancellationToken) -> Vec<Inbound> {
+pub async fn collect(
+    consumer: &StageConsumer,
+    max: usize,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Vec<Inbound> {
     let mut batch = Vec::new();
     let first = tokio::select! {
         _ = shutdown.cancelled() => return batch,
@@ -181,7 +205,9 @@ pub async fn collect(consumer: &StageConsumer, max: usize, wait: Duration, shutd
                 topic: message.topic().to_string(),
                 partition: message.partition(),
                 offset: message.offset(),
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
                 payload: message.payload().unwrap_or_default().to_vec(),
             }),
             Some(Err(error)) => tracing::warn!(%error, "consume error"),
@@ -202,11 +228,18 @@ pub async fn collect(consumer: &StageConsumer, max: usize, wait: Duration, shutd
 pub fn rewind(consumer: &StageConsumer, batch: &[Inbound]) {
     let mut first: HashMap<(&str, i32), i64> = HashMap::new();
     for record in batch {
-        let entry = first.entry((record.topic.as_str(), record.partition)).or_insert(record.offset);
+        let entry = first
+            .entry((record.topic.as_str(), record.partition))
+            .or_insert(record.offset);
         *entry = (*entry).min(record.offset);
     }
     for ((topic, partition), offset) in first {
-        if let Err(error) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+        if let Err(error) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
             tracing::debug!(%error, topic, partition, "seek after abort failed (partition revoked?)");
         }
     }
@@ -216,7 +249,9 @@ pub fn rewind(consumer: &StageConsumer, batch: &[Inbound]) {
 pub fn next_offsets(batch: &[Inbound]) -> anyhow::Result<TopicPartitionList> {
     let mut last: HashMap<(&str, i32), i64> = HashMap::new();
     for record in batch {
-        let entry = last.entry((record.topic.as_str(), record.partition)).or_insert(record.offset);
+        let entry = last
+            .entry((record.topic.as_str(), record.partition))
+            .or_insert(record.offset);
         *entry = (*entry).max(record.offset);
     }
     let mut list = TopicPartitionList::new();
@@ -228,15 +263,33 @@ pub fn next_offsets(batch: &[Inbound]) -> anyhow::Result<TopicPartitionList> {
 
 pub fn envelope_headers(envelope: &Envelope, extra: &[(&'static str, String)]) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new()
-        .insert(Header { key: header::EVENT_ID, value: Some(&envelope.event_id.to_string()) })
-        .insert(Header { key: header::EVENT_TYPE, value: Some(&envelope.event_type) })
-        .insert(Header { key: header::TRACE_ID, value: Some(&envelope.trace_id) })
-        .insert(Header { key: header::AGGREGATE_ID, value: Some(&envelope.aggregate_id) });
+        .insert(Header {
+            key: header::EVENT_ID,
+            value: Some(&envelope.event_id.to_string()),
+        })
+        .insert(Header {
+            key: header::EVENT_TYPE,
+            value: Some(&envelope.event_type),
+        })
+        .insert(Header {
+            key: header::TRACE_ID,
+            value: Some(&envelope.trace_id),
+        })
+        .insert(Header {
+            key: header::AGGREGATE_ID,
+            value: Some(&envelope.aggregate_id),
+        });
     if let Some(parent) = envelope.parent_event_id {
-        headers = headers.insert(Header { key: header::PARENT_EVENT_ID, value: Some(&parent.to_string()) });
+        headers = headers.insert(Header {
+            key: header::PARENT_EVENT_ID,
+            value: Some(&parent.to_string()),
+        });
     }
     for (key, value) in extra {
-        headers = headers.insert(Header { key, value: Some(value) });
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
     }
     headers
 }
@@ -255,19 +308,46 @@ pub fn send(producer: &FutureProducer, names: &Names, out: &Outbound) -> anyhow:
     Ok(())
 }
 
-fn send_to_dlq(producer: &FutureProducer, names: &Names, stage: &str, record: &Inbound, class: &str, message: &str) -> anyhow::Result<()> {
+fn send_to_dlq(
+    producer: &FutureProducer,
+    names: &Names,
+    stage: &str,
+    record: &Inbound,
+    class: &str,
+    message: &str,
+) -> anyhow::Result<()> {
     let logical = names.strip(&record.topic).unwrap_or(&record.topic);
     let topic = names.dlq(logical);
     let partition = record.partition.to_string();
     let offset = record.offset.to_string();
     let headers = OwnedHeaders::new()
-        .insert(Header { key: header::DLQ_ERROR_CLASS, value: Some(class) })
-        .insert(Header { key: header::DLQ_ERROR_MESSAGE, value: Some(message) })
-        .insert(Header { key: header::DLQ_STAGE, value: Some(stage) })
-        .insert(Header { key: header::DLQ_ORIGINAL_TOPIC, value: Some(logical) })
-        .insert(Header { key: header::DLQ_ORIGINAL_PARTITION, value: Some(&partition) })
-        .insert(Header { key: header::DLQ_ORIGINAL_OFFSET, value: Some(&offset) });
-    let mut dlq_record = FutureRecord::to(&topic).payload(&record.payload).headers(headers);
+        .insert(Header {
+            key: header::DLQ_ERROR_CLASS,
+            value: Some(class),
+        })
+        .insert(Header {
+            key: header::DLQ_ERROR_MESSAGE,
+            value: Some(message),
+        })
+        .insert(Header {
+            key: header::DLQ_STAGE,
+            value: Some(stage),
+        })
+        .insert(Header {
+            key: header::DLQ_ORIGINAL_TOPIC,
+            value: Some(logical),
+        })
+        .insert(Header {
+            key: header::DLQ_ORIGINAL_PARTITION,
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: header::DLQ_ORIGINAL_OFFSET,
+            value: Some(&offset),
+        });
+    let mut dlq_record = FutureRecord::to(&topic)
+        .payload(&record.payload)
+        .headers(headers);
     if let Some(key) = &record.key {
         dlq_record = dlq_record.key(key);
     }
@@ -313,7 +393,11 @@ pub async fn run<S: Stage>(
     let names = ctx.names.clone();
     let kafka = &ctx.config.kafka;
     let input = names.topic(stage.input_topic());
-    let consumer = consumer(&ctx, &names.group(stage.name()), std::slice::from_ref(&input))?;
+    let consumer = consumer(
+        &ctx,
+        &names.group(stage.name()),
+        std::slice::from_ref(&input),
+    )?;
     let txid = names.transactional_id(stage.name(), &ctx.config.stages.instance_id, worker);
     let producer = kafka::transactional_producer(kafka, &txid)?;
     let timeout = Duration::from_secs(30);
@@ -327,7 +411,9 @@ pub async fn run<S: Stage>(
             continue;
         }
         let started = Instant::now();
-        let decisions = stage.handle_batch(&batch, ctx.config.stages.per_batch_concurrency).await;
+        let decisions = stage
+            .handle_batch(&batch, ctx.config.stages.per_batch_concurrency)
+            .await;
         if let Some(Failure::Retryable(error)) = decisions.iter().find_map(|d| match d {
             Err(f @ Failure::Retryable(_)) => Some(f),
             _ => None,
@@ -341,7 +427,11 @@ pub async fn run<S: Stage>(
         }
         backoff = Duration::from_millis(100);
 
-        match commit_batch(&*stage, &ctx, &consumer, &producer, &batch, decisions, &failpoint, timeout).await {
+        match commit_batch(
+            &*stage, &ctx, &consumer, &producer, &batch, decisions, &failpoint, timeout,
+        )
+        .await
+        {
             Ok(()) => crate::metrics::stage_batch(stage.name(), "committed", batch.len(), started),
             Err(CommitError::Fatal(error)) => {
                 crate::metrics::stage_batch(stage.name(), "fatal", batch.len(), started);
@@ -376,7 +466,9 @@ async fn commit_batch<S: Stage>(
 ) -> Result<(), CommitError> {
     let names = &ctx.names;
     consumer.context().revoked.store(false, Ordering::SeqCst);
-    producer.begin_transaction().map_err(|e| fatal_or_aborted(e, "begin"))?;
+    producer
+        .begin_transaction()
+        .map_err(|e| fatal_or_aborted(e, "begin"))?;
     let abort = |reason: String| {
         if let Err(error) = producer.abort_transaction(timeout) {
             if is_fatal(&error) {
@@ -387,7 +479,9 @@ async fn commit_batch<S: Stage>(
     };
     for (record, decision) in batch.iter().zip(decisions) {
         let queued = match decision {
-            Ok(outputs) => outputs.iter().try_for_each(|out| send(producer, names, out)),
+            Ok(outputs) => outputs
+                .iter()
+                .try_for_each(|out| send(producer, names, out)),
             Err(Failure::Poison { class, message }) => {
                 let envelope = decode(record).ok();
                 tracing::error!(stage = stage.name(), topic = %record.topic, offset = record.offset, class, %message, "poison message to DLQ");
@@ -397,7 +491,9 @@ async fn commit_batch<S: Stage>(
                 }
                 send_to_dlq(producer, names, stage.name(), record, class, &message)
             }
-            Err(Failure::Retryable(_)) => unreachable!("retryable batches are rewound before commit"),
+            Err(Failure::Retryable(_)) => {
+                unreachable!("retryable batches are rewound before commit")
+            }
         };
         if let Err(error) = queued {
             return Err(abort(format!("{error:#}")));
@@ -437,7 +533,10 @@ fn fatal_or_aborted(error: KafkaError, what: &str) -> CommitError {
 }
 
 /// Reads an id header from a record (tools and tests use it).
-pub fn header_value(headers: Option<&rdkafka::message::BorrowedHeaders>, name: &str) -> Option<String> {
+pub fn header_value(
+    headers: Option<&rdkafka::message::BorrowedHeaders>,
+    name: &str,
+) -> Option<String> {
     let headers = headers?;
     headers
         .iter()
@@ -448,6 +547,11 @@ pub fn header_value(headers: Option<&rdkafka::message::BorrowedHeaders>, name: &
 /// Parses an order id from a record key or envelope (for parking).
 pub fn order_id_of(record: &Inbound, envelope: Option<&Envelope>) -> Option<Uuid> {
     envelope
-        .and_then(|e| e.data.get("paymentOrderId").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()))
+        .and_then(|e| {
+            e.data
+                .get("paymentOrderId")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+        })
         .or_else(|| record.key.as_deref().and_then(|k| k.parse().ok()))
 }

@@ -13,7 +13,8 @@ pub enum Claim {
     Existing(AttemptRow),
 }
 
-const ATTEMPT_COLUMNS: &str = "payment_order_id, attempt, component_sha256, outcome, code, message, psp_reference,
+const ATTEMPT_COLUMNS: &str =
+    "payment_order_id, attempt, component_sha256, outcome, code, message, psp_reference,
      latency_ms, settled_by_status, component_calls, claimed_at";
 
 pub async fn claim(

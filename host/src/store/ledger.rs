@@ -9,12 +9,16 @@ use uuid::Uuid;
 use crate::domain::events::{LedgerEntriesRecorded, RecordedJournal};
 
 /// The recording made for a source event, if any (a replay re-emits it).
-pub async fn find_recording(pool: &PgPool, source_event_id: Uuid) -> sqlx::Result<Option<LedgerEntriesRecorded>> {
-    let value: Option<Value> =
-        sqlx::query_scalar("SELECT recorded_event FROM ledger_recordings WHERE source_event_id = $1")
-            .bind(source_event_id)
-            .fetch_optional(pool)
-            .await?;
+pub async fn find_recording(
+    pool: &PgPool,
+    source_event_id: Uuid,
+) -> sqlx::Result<Option<LedgerEntriesRecorded>> {
+    let value: Option<Value> = sqlx::query_scalar(
+        "SELECT recorded_event FROM ledger_recordings WHERE source_event_id = $1",
+    )
+    .bind(source_event_id)
+    .fetch_optional(pool)
+    .await?;
     Ok(value.map(|v| serde_json::from_value(v).expect("recordings are written by this code")))
 }
 
@@ -76,7 +80,11 @@ async fn insert_journal(
     if inserted == 0 {
         return Ok(());
     }
-    let accounts: Vec<&str> = journal.postings.iter().map(|p| p.account.as_str()).collect();
+    let accounts: Vec<&str> = journal
+        .postings
+        .iter()
+        .map(|p| p.account.as_str())
+        .collect();
     let sides: Vec<&str> = journal.postings.iter().map(|p| p.side.as_str()).collect();
     let amounts: Vec<i64> = journal.postings.iter().map(|p| p.amount_minor).collect();
     sqlx::query(
@@ -97,7 +105,10 @@ async fn insert_journal(
 /// account first and accounts are updated in sorted order: platform accounts
 /// are hot rows, and a fixed lock order avoids deadlocks between workers.
 /// Returns the new (account, debit, credit, version) of touched accounts.
-pub async fn apply_to_balances(pool: &PgPool, journal_ids: &[String]) -> sqlx::Result<Vec<BalanceRow>> {
+pub async fn apply_to_balances(
+    pool: &PgPool,
+    journal_ids: &[String],
+) -> sqlx::Result<Vec<BalanceRow>> {
     let mut tx = pool.begin().await?;
     let fresh: Vec<String> = sqlx::query_scalar(
         "INSERT INTO applied_journals (journal_id) SELECT id FROM UNNEST($1::text[]) AS t(id)

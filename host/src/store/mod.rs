@@ -21,7 +21,10 @@ use crate::config::DatabaseConfig;
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = config.url.parse().context("database.url is not a Postgres URL")?;
+    let options: PgConnectOptions = config
+        .url
+        .parse()
+        .context("database.url is not a Postgres URL")?;
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(10))

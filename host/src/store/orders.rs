@@ -16,7 +16,11 @@ pub async fn get(pool: &PgPool, payment_order_id: Uuid) -> sqlx::Result<Option<O
 
 /// Pins the adapter version on the first PSP call and marks the order
 /// PENDING; returns the pinned sha (the first caller's wins).
-pub async fn pin_adapter(pool: &PgPool, payment_order_id: Uuid, sha256: &str) -> sqlx::Result<Option<String>> {
+pub async fn pin_adapter(
+    pool: &PgPool,
+    payment_order_id: Uuid,
+    sha256: &str,
+) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
         "UPDATE payment_orders SET adapter_sha256 = COALESCE(adapter_sha256, $2),
              status = CASE WHEN status = 'INITIATED' THEN 'PENDING' ELSE status END, updated_at = now()
@@ -29,7 +33,11 @@ pub async fn pin_adapter(pool: &PgPool, payment_order_id: Uuid, sha256: &str) ->
 }
 
 /// The retry for `attempt` has been picked up: it is no longer due.
-pub async fn clear_due_retry(pool: &PgPool, payment_order_id: Uuid, attempt: i32) -> sqlx::Result<()> {
+pub async fn clear_due_retry(
+    pool: &PgPool,
+    payment_order_id: Uuid,
+    attempt: i32,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE payment_orders SET next_retry_at = NULL, next_attempt = NULL
          WHERE payment_order_id = $1 AND next_attempt = $2",
@@ -89,7 +97,12 @@ pub async fn schedule_retry(
 }
 
 /// Unknown outcome that `status` could not settle.
-pub async fn require_review(pool: &PgPool, payment_order_id: Uuid, attempt: i32, reason: &str) -> sqlx::Result<bool> {
+pub async fn require_review(
+    pool: &PgPool,
+    payment_order_id: Uuid,
+    attempt: i32,
+    reason: &str,
+) -> sqlx::Result<bool> {
     let updated = sqlx::query(
         "UPDATE payment_orders SET status = 'REQUIRES_REVIEW', last_applied_attempt = $2, failure_reason = $3,
              next_attempt = NULL, next_retry_at = NULL, updated_at = now()
@@ -118,7 +131,11 @@ pub async fn park(pool: &PgPool, payment_order_id: Uuid, reason: &str) -> sqlx::
 }
 
 /// Retries due before `before` (for the sweeper that rebuilds Redis).
-pub async fn due_retries(pool: &PgPool, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<(Uuid, i32, DateTime<Utc>)>> {
+pub async fn due_retries(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, i32, DateTime<Utc>)>> {
     sqlx::query_as(
         "SELECT payment_order_id, next_attempt, next_retry_at FROM payment_orders
          WHERE next_retry_at IS NOT NULL AND next_retry_at < $1 AND next_attempt IS NOT NULL

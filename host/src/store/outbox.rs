@@ -53,13 +53,15 @@ pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> sqlx::Resu
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(event_id, created_at, topic, message_key, envelope)| OutboxRow {
-            event_id,
-            created_at,
-            topic,
-            message_key,
-            envelope,
-        })
+        .map(
+            |(event_id, created_at, topic, message_key, envelope)| OutboxRow {
+                event_id,
+                created_at,
+                topic,
+                message_key,
+                envelope,
+            },
+        )
         .collect())
 }
 
@@ -95,14 +97,20 @@ pub async fn stale_unsent(pool: &PgPool, age_secs: i64) -> sqlx::Result<i64> {
 }
 
 /// Creates partitions ahead and drops drained old ones; returns (created, dropped).
-pub async fn maintain_partitions(pool: &PgPool, ahead_minutes: u64, keep_minutes: u64) -> sqlx::Result<(i32, i32)> {
-    let created: i32 = sqlx::query_scalar("SELECT paynode_outbox_create_partitions(make_interval(mins => $1))")
-        .bind(ahead_minutes as i32)
-        .fetch_one(pool)
-        .await?;
-    let dropped: i32 = sqlx::query_scalar("SELECT paynode_outbox_drop_drained(make_interval(mins => $1))")
-        .bind(keep_minutes as i32)
-        .fetch_one(pool)
-        .await?;
+pub async fn maintain_partitions(
+    pool: &PgPool,
+    ahead_minutes: u64,
+    keep_minutes: u64,
+) -> sqlx::Result<(i32, i32)> {
+    let created: i32 =
+        sqlx::query_scalar("SELECT paynode_outbox_create_partitions(make_interval(mins => $1))")
+            .bind(ahead_minutes as i32)
+            .fetch_one(pool)
+            .await?;
+    let dropped: i32 =
+        sqlx::query_scalar("SELECT paynode_outbox_drop_drained(make_interval(mins => $1))")
+            .bind(keep_minutes as i32)
+            .fetch_one(pool)
+            .await?;
     Ok((created, dropped))
 }

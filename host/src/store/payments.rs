@@ -58,7 +58,10 @@ pub async fn find_response(
 }
 
 /// Inserts the payment; false when (client, orderId) already has one.
-pub async fn insert_payment(tx: &mut Transaction<'_, Postgres>, p: &NewPayment<'_>) -> sqlx::Result<bool> {
+pub async fn insert_payment(
+    tx: &mut Transaction<'_, Postgres>,
+    p: &NewPayment<'_>,
+) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO payments (payment_id, client_id, buyer_id, order_id, total_amount_minor, currency, trace_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -86,7 +89,10 @@ pub async fn insert_orders(
     let ids: Vec<Uuid> = orders.iter().map(|o| o.payment_order_id).collect();
     let sellers: Vec<&str> = orders.iter().map(|o| o.seller_id.as_str()).collect();
     let amounts: Vec<i64> = orders.iter().map(|o| o.amount_minor).collect();
-    let keys: Vec<String> = orders.iter().map(|o| psp_idempotency_key(o.payment_order_id)).collect();
+    let keys: Vec<String> = orders
+        .iter()
+        .map(|o| psp_idempotency_key(o.payment_order_id))
+        .collect();
     sqlx::query(
         "INSERT INTO payment_orders (payment_order_id, payment_id, seller_id, amount_minor, currency, psp_idempotency_key)
          SELECT id, $2, seller, amount, $3, key

@@ -120,7 +120,14 @@ pub async fn activate(
     .bind(actor)
     .fetch_one(&mut *tx)
     .await?;
-    audit_in(&mut tx, actor, action, slot, &serde_json::json!({ "sha256": sha256, "config": config })).await?;
+    audit_in(
+        &mut tx,
+        actor,
+        action,
+        slot,
+        &serde_json::json!({ "sha256": sha256, "config": config }),
+    )
+    .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(slot)
@@ -142,7 +149,13 @@ pub async fn previous(pool: &PgPool, slot: &str) -> sqlx::Result<Option<Activati
     .await
 }
 
-pub async fn audit(pool: &PgPool, actor: &str, action: &str, target: &str, details: &Value) -> sqlx::Result<()> {
+pub async fn audit(
+    pool: &PgPool,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: &Value,
+) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     audit_in(&mut tx, actor, action, target, details).await?;
     tx.commit().await
