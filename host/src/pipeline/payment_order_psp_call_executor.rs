@@ -40,12 +40,16 @@ impl PaymentOrderPspCallExecutor {
     async fn pinned_adapter(
         &self,
         order_id: Uuid,
+        parked: bool,
     ) -> Result<(std::sync::Arc<Loaded>, Vec<(String, String)>), Failure> {
         let active = self
             .ctx
             .registry
             .active(Slot::PspAdapter)
             .map_err(plugin_failure)?;
+        if parked {
+            orders::repin_adapter(&self.ctx.pool, order_id, &active.loaded.sha256).await?;
+        }
         let pinned = orders::pin_adapter(&self.ctx.pool, order_id, &active.loaded.sha256)
             .await?
             .unwrap_or_else(|| active.loaded.sha256.clone());
@@ -235,7 +239,9 @@ impl Stage for PaymentOrderPspCallExecutor {
             || status == OrderStatus::RequiresReview
             || attempt <= order.last_applied_attempt;
 
-        let (adapter, config) = self.pinned_adapter(order_id).await?;
+        let (adapter, config) = self
+            .pinned_adapter(order_id, status == OrderStatus::Parked)
+            .await?;
         let claim = if stale {
             None
         } else {

@@ -66,16 +66,19 @@ impl PaymentOrderPspResultApplier {
                     .clone()
                     .unwrap_or_else(|| "unknown PSP outcome".into()),
             ),
-            OutcomeKind::Transient if result.attempt >= self.ctx.config.retry.max_attempts => {
-                Next::Final(
-                    FinalStatus::Failed,
-                    Some(format!(
-                        "gave up after {} PSP calls (host cap)",
-                        result.attempt
-                    )),
-                )
-            }
-            OutcomeKind::Transient => self.ask_policy(envelope, result, order).await?,
+            OutcomeKind::Transient => match self.ask_policy(envelope, result, order).await? {
+                // The policy decides first; the host's cap is the backstop.
+                Next::RetryAfterMs(_) if result.attempt >= self.ctx.config.retry.max_attempts => {
+                    Next::Final(
+                        FinalStatus::Failed,
+                        Some(format!(
+                            "gave up after {} PSP calls (host cap)",
+                            result.attempt
+                        )),
+                    )
+                }
+                next => next,
+            },
         })
     }
 

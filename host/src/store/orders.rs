@@ -32,6 +32,21 @@ pub async fn pin_adapter(
     .await
 }
 
+/// A PARKED order resumed by an operator (DLQ replay) follows the adapter
+/// active now: the version it was pinned to is what failed.
+pub async fn repin_adapter(
+    pool: &PgPool,
+    payment_order_id: Uuid,
+    sha256: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE payment_orders SET adapter_sha256 = $2 WHERE payment_order_id = $1 AND status = 'PARKED'")
+        .bind(payment_order_id)
+        .bind(sha256)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// The retry for `attempt` has been picked up: it is no longer due.
 pub async fn clear_due_retry(
     pool: &PgPool,
