@@ -1,0 +1,355 @@
+//! Hostile components are refused or contained with the exact failure class,
+//! and the runtime keeps serving other calls. Also: the harness passes the
+//! reference fixtures and fails a wrong one with a diff; a slow PSP is not
+//! stopped by the CPU budget.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paynode::components::bindings::adapter::paynode::psp_adapter::types as adapter;
+use paynode::components::bindings::policy::paynode::retry_policy::types as policy;
+use paynode::components::bindings::rules::paynode::posting_rules::types as rules;
+use paynode::components::harness::{self, FixtureFile};
+use paynode::components::host_imports::HttpPolicy;
+use paynode::components::invariants::{check_journals, PostingScope};
+use paynode::components::runtime::{CallEnv, Limits};
+use paynode::components::{Loaded, PluginError, Runtime, Slot};
+use paynode::config::SlotConfig;
+use paynode_tests::component_path;
+
+fn env(slot: &SlotConfig, http: Option<HttpPolicy>) -> CallEnv {
+    CallEnv {
+        limits: Limits::from_slot(slot),
+        http,
+        script: None,
+        trace_id: "test".into(),
+    }
+}
+
+fn small_limits() -> SlotConfig {
+    SlotConfig {
+        fuel: 20_000_000,
+        memory_bytes: 16 * 1024 * 1024,
+        wall_ms: 3_000,
+        ..SlotConfig::default()
+    }
+}
+
+async fn load(runtime: &Runtime, slot: Slot, name: &str) -> Result<Loaded, PluginError> {
+    runtime
+        .load(
+            slot,
+            &std::fs::read(component_path(name)).expect("component built"),
+        )
+        .await
+}
+
+fn charge_request() -> adapter::ChargeRequest {
+    adapter::ChargeRequest {
+        payment_order_id: "po-1".into(),
+        payment_id: "p-1".into(),
+        seller_id: "seller-1".into(),
+        amount: adapter::Money {
+            quantity: 1_000,
+            currency: "EUR".into(),
+        },
+        attempt: 1,
+        idempotency_key: "key-1".into(),
+    }
+}
+
+fn finalized_order() -> rules::FinalizedOrder {
+    rules::FinalizedOrder {
+        payment_order_id: "po-1".into(),
+        payment_id: "p-1".into(),
+        seller_id: "seller-1".into(),
+        amount: rules::Money {
+            quantity: 1_000,
+            currency: "EUR".into(),
+        },
+        status: rules::OrderStatus::Succeeded,
+        psp_reference: "ref".into(),
+    }
+}
+
+fn best_psp() -> Vec<(String, String)> {
+    vec![
+        ("scenario".into(), "BEST_PSP_EVER".into()),
+        ("latency".into(), "off".into()),
+    ]
+}
+
+/// The runtime still serves a normal call after a hostile one.
+async fn still_serving(runtime: &Runtime, simulator: &Loaded) {
+    let (outcome, _) = runtime
+        .charge(
+            simulator,
+            &env(&small_limits(), None),
+            &best_psp(),
+            &charge_request(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, adapter::Outcome::Succeeded(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_components_are_contained_with_the_right_error() {
+    let runtime = Runtime::new(None).unwrap();
+    let simulator = load(&runtime, Slot::PspAdapter, "psp-simulator")
+        .await
+        .unwrap();
+    let limits = small_limits();
+
+    let looping = load(&runtime, Slot::PspAdapter, "hostile-loop")
+        .await
+        .unwrap();
+    let result = runtime
+        .charge(&looping, &env(&limits, None), &[], &charge_request())
+        .await;
+    assert!(matches!(result, Err(PluginError::Timeout(_))), "{result:?}");
+    still_serving(&runtime, &simulator).await;
+
+    let bomb = load(&runtime, Slot::PspAdapter, "hostile-memory")
+        .await
+        .unwrap();
+    let result = runtime
+        .charge(&bomb, &env(&limits, None), &[], &charge_request())
+        .await;
+    assert!(
+        matches!(result, Err(PluginError::ResourceLimit(_))),
+        "{result:?}"
+    );
+    still_serving(&runtime, &simulator).await;
+
+    let panicking = load(&runtime, Slot::RetryPolicy, "hostile-panic")
+        .await
+        .unwrap();
+    let context = policy::RetryContext {
+        payment_order_id: "po-1".into(),
+        attempt: 1,
+        failure_code: "x".into(),
+        elapsed_ms: 0,
+        random: 7,
+    };
+    let result = runtime
+        .decide(&panicking, &env(&limits, None), &[], &context)
+        .await;
+    assert!(matches!(result, Err(PluginError::Trap(_))), "{result:?}");
+    still_serving(&runtime, &simulator).await;
+
+    let scope = PostingScope {
+        seller_id: "seller-1",
+        currency: "EUR",
+    };
+    for name in ["hostile-unbalanced", "hostile-foreign-account"] {
+        let rule = load(&runtime, Slot::PostingRules, name).await.unwrap();
+        let (entries, _) = runtime
+            .post(&rule, &env(&limits, None), &[], &finalized_order())
+            .await
+            .unwrap();
+        let entries = entries.expect("the hostile rule returns entries");
+        let verdict = check_journals(&entries, &scope);
+        assert!(
+            matches!(verdict, Err(PluginError::InvalidOutput(_))),
+            "{name}: {verdict:?}"
+        );
+    }
+
+    let oversized = load(&runtime, Slot::PostingRules, "hostile-oversized")
+        .await
+        .unwrap();
+    let big = SlotConfig {
+        memory_bytes: 64 * 1024 * 1024,
+        fuel: 2_000_000_000,
+        wall_ms: 20_000,
+        ..SlotConfig::default()
+    };
+    let result = runtime
+        .post(&oversized, &env(&big, None), &[], &finalized_order())
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(PluginError::InvalidOutput(_)) | Err(PluginError::ResourceLimit(_))
+        ),
+        "{result:?}"
+    );
+    still_serving(&runtime, &simulator).await;
+
+    let extra = load(&runtime, Slot::PspAdapter, "hostile-extra-import").await;
+    assert!(
+        matches!(extra, Err(PluginError::InvalidComponent(ref m)) if m.contains("imports outside")),
+        "{extra:?}"
+    );
+
+    // A component in the wrong slot is refused too.
+    let wrong = load(&runtime, Slot::PostingRules, "psp-simulator").await;
+    assert!(
+        matches!(wrong, Err(PluginError::InvalidComponent(_))),
+        "{wrong:?}"
+    );
+    still_serving(&runtime, &simulator).await;
+}
+
+/// A local fake PSP: counts requests, answers Stripe-shaped JSON after `delay`.
+async fn fake_psp(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+    use axum::routing::{get, post};
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let counter2 = hits.clone();
+    let app = axum::Router::new()
+        .route("/v1/payment_intents", post(move || {
+            let hits = counter.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                axum::Json(serde_json::json!({ "id": "pi_slow", "object": "payment_intent", "status": "succeeded" }))
+            }
+        }))
+        .route("/{*rest}", get(move || {
+            let hits = counter2.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, hits)
+}
+
+fn http_policy(allow: Vec<String>, refused: Arc<AtomicU64>) -> HttpPolicy {
+    HttpPolicy {
+        client: reqwest::Client::new(),
+        allow_hosts: allow,
+        timeout: Duration::from_secs(5),
+        max_response_bytes: 64 * 1024,
+        secrets: Arc::new(
+            [("psp_api_key".to_string(), "sk_test_secret".to_string())]
+                .into_iter()
+                .collect(),
+        ),
+        refused,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_cannot_reach_a_host_outside_its_allow_list() {
+    let runtime = Runtime::new(None).unwrap();
+    let (forbidden, hits) = fake_psp(Duration::ZERO).await;
+    let refused = Arc::new(AtomicU64::new(0));
+    let policy = http_policy(vec!["127.0.0.1:1".into()], refused.clone());
+    let sneaky = load(&runtime, Slot::PspAdapter, "hostile-disallowed-host")
+        .await
+        .unwrap();
+    let config = vec![(
+        "target-url".to_string(),
+        format!("http://{forbidden}/steal"),
+    )];
+    let result = runtime
+        .charge(
+            &sneaky,
+            &env(&small_limits(), Some(policy)),
+            &config,
+            &charge_request(),
+        )
+        .await;
+    assert!(
+        result.is_ok(),
+        "the adapter maps the refusal itself: {result:?}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the forbidden host received a request"
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_psp_is_not_stopped_by_the_cpu_budget() {
+    let runtime = Runtime::new(None).unwrap();
+    let (psp, hits) = fake_psp(Duration::from_secs(2)).await;
+    let policy = http_policy(vec![psp.to_string()], Arc::new(AtomicU64::new(0)));
+    let stripe = load(&runtime, Slot::PspAdapter, "psp-stripe")
+        .await
+        .unwrap();
+    // A CPU budget far below what 2 s of busy guest code would burn.
+    let limits = SlotConfig {
+        fuel: 5_000_000,
+        wall_ms: 10_000,
+        ..SlotConfig::default()
+    };
+    let config = vec![("base-url".to_string(), format!("http://{psp}"))];
+    let (outcome, stats) = runtime
+        .charge(
+            &stripe,
+            &env(&limits, Some(policy)),
+            &config,
+            &charge_request(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&outcome, adapter::Outcome::Succeeded(r) if r == "pi_slow"), "{outcome:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert!(
+        stats.host_wait_ms >= 2_000 && stats.fuel_used < 5_000_000,
+        "{stats:?}"
+    );
+}
+
+fn workspace_file(path: &str) -> std::path::PathBuf {
+    paynode_tests::workspace_root().join(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_passes_reference_fixtures_and_fails_a_wrong_one_with_a_diff() {
+    let config = paynode::config::Config::default();
+    for (component, fixtures) in [
+        ("psp-simulator", "psp-adapters/simulator/fixtures"),
+        ("psp-stripe", "psp-adapters/stripe/fixtures"),
+        ("retry-equal-jitter", "plugins/retry-equal-jitter/fixtures"),
+        ("ledger-marketplace", "ledger-rules/marketplace/fixtures"),
+    ] {
+        let (passed, report) = paynode::cli::plugin::test_component(
+            &config,
+            &component_path(component),
+            &workspace_file(fixtures),
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(passed, "{component}:\n{report}");
+    }
+
+    let text = std::fs::read_to_string(workspace_file(
+        "ledger-rules/marketplace/fixtures/marketplace.json",
+    ))
+    .unwrap();
+    let mut wrong: FixtureFile = serde_json::from_str(&text).unwrap();
+    let case = wrong
+        .cases
+        .iter_mut()
+        .find(|c| {
+            c.expect
+                .get("ok")
+                .is_some_and(|ok| ok.as_array().is_some_and(|a| !a.is_empty()))
+        })
+        .unwrap();
+    case.expect["ok"][0]["postings"][0]["amount"]["quantity"] = serde_json::json!(1);
+    let runtime = Runtime::new(None).unwrap();
+    let rules = load(&runtime, Slot::PostingRules, "ledger-marketplace")
+        .await
+        .unwrap();
+    let report = harness::run(&runtime, &rules, &wrong, &env(&SlotConfig::default(), None)).await;
+    assert!(!report.passed());
+    let rendered = report.render();
+    assert!(
+        rendered.contains("FAIL") && rendered.contains("- ") && rendered.contains("+ "),
+        "{rendered}"
+    );
+}
