@@ -199,6 +199,8 @@ pub fn payment_body(order_id: &str, sellers: &[(&str, i64)]) -> Value {
 /// A record read back from the broker.
 #[derive(Debug, Clone)]
 pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
     pub key: Option<String>,
     pub value: Value,
     pub headers: Vec<(String, String)>,
@@ -210,6 +212,22 @@ impl Record {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` until `found` holds for the records read, or 15 s pass.
+pub fn read_topic_until(
+    brokers: &str,
+    topic: &str,
+    found: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let records = read_topic(brokers, topic);
+        if found(&records) || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -246,7 +264,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     let mut quiet_since = Instant::now();
     while total > 0
         && Instant::now() < deadline
-        && quiet_since.elapsed() < Duration::from_millis(1500)
+        && (records.is_empty() || quiet_since.elapsed() < Duration::from_millis(1500))
     {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
@@ -267,6 +285,8 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
             })
             .unwrap_or_default();
         records.push(Record {
+            partition: message.partition(),
+            offset: message.offset(),
             key: message
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),

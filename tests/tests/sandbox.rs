@@ -294,7 +294,10 @@ async fn a_slow_psp_is_not_stopped_by_the_cpu_budget() {
         )
         .await
         .unwrap();
-    assert!(matches!(&outcome, adapter::Outcome::Succeeded(r) if r == "pi_slow"), "{outcome:?}");
+    assert!(
+        matches!(&outcome, adapter::Outcome::Succeeded(r) if r == "pi_slow"),
+        "{outcome:?}"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert!(
         stats.host_wait_ms >= 2_000 && stats.fuel_used < 5_000_000,

@@ -253,6 +253,7 @@ impl Stage for PaymentOrderPspCallExecutor {
                     &order.psp_idempotency_key,
                     &adapter.sha256,
                     &envelope.trace_id,
+                    &self.ctx.config.stages.instance_id,
                 )
                 .await?,
             )

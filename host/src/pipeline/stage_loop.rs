@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -374,6 +374,10 @@ pub fn is_fatal(error: &KafkaError) -> bool {
 pub struct AbortFailpoint(pub AtomicU32);
 
 impl AbortFailpoint {
+    fn armed(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+
     fn take(&self) -> bool {
         self.0
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -406,6 +410,7 @@ pub async fn run<S: Stage>(
     let mut backoff = Duration::from_millis(100);
 
     while !shutdown.is_cancelled() {
+        consumer.context().revoked.store(false, Ordering::SeqCst);
         let batch = collect(&consumer, kafka.batch_max_records, wait, &shutdown).await;
         if batch.is_empty() {
             continue;
@@ -465,7 +470,22 @@ async fn commit_batch<S: Stage>(
     timeout: Duration,
 ) -> Result<(), CommitError> {
     let names = &ctx.names;
-    consumer.context().revoked.store(false, Ordering::SeqCst);
+    let produces = decisions
+        .iter()
+        .any(|d| !matches!(d, Ok(outputs) if outputs.is_empty()));
+    if !produces && !failpoint.armed() {
+        // Nothing to produce: a plain offset commit is enough (the decisions
+        // were idempotent DB writes), and cheaper than an empty transaction.
+        if consumer.context().revoked.load(Ordering::SeqCst) {
+            return Err(CommitError::Aborted(
+                "partitions revoked during the batch".into(),
+            ));
+        }
+        let offsets = next_offsets(batch).map_err(|e| CommitError::Aborted(format!("{e:#}")))?;
+        return consumer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|e| CommitError::Aborted(format!("offset commit: {e}")));
+    }
     producer
         .begin_transaction()
         .map_err(|e| fatal_or_aborted(e, "begin"))?;

@@ -24,16 +24,18 @@ pub async fn claim(
     idempotency_key: &str,
     component_sha256: &str,
     trace_id: &str,
+    node_id: &str,
 ) -> sqlx::Result<Claim> {
     let inserted = sqlx::query(
-        "INSERT INTO psp_attempts (payment_order_id, attempt, idempotency_key, component_sha256, trace_id)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO psp_attempts (payment_order_id, attempt, idempotency_key, component_sha256, trace_id, node_id)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(payment_order_id)
     .bind(attempt)
     .bind(idempotency_key)
     .bind(component_sha256)
     .bind(trace_id)
+    .bind(node_id)
     .execute(pool)
     .await?
     .rows_affected();

@@ -1,0 +1,233 @@
+//! Hot swap across two nodes under a steady stream of payments: after
+//! `activate` both nodes make PSP calls with the new version, with zero lost
+//! and zero duplicated attempts; the same for `rollback`; and again with the
+//! LISTEN connections killed and no NOTIFY sent, so polling does the work.
+//! A batch that started before a switch finishes on the version it started
+//! with, so attempts are checked from one second after every node switched.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paynode::components::Slot;
+use paynode::store::plugins;
+use paynode_tests::*;
+
+/// The simulator with an extra custom section: same behaviour, new sha.
+fn simulator_v2() -> Vec<u8> {
+    let mut bytes = std::fs::read(component_path("psp-simulator")).unwrap();
+    let name = b"paynode-test-version";
+    let payload = b"v2";
+    let body_len = 1 + name.len() + payload.len();
+    bytes.push(0); // custom section id
+    bytes.push(body_len as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+async fn wait_switched(nodes: &[&TestNode], sha: &str) -> Duration {
+    let started = Instant::now();
+    while !nodes
+        .iter()
+        .all(|n| n.node.registry.snapshot()["psp-adapter"].0 == sha)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "nodes did not switch to {sha}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activation_and_rollback_reach_every_node_under_load() {
+    let mut config_a = test_config().await;
+    config_a.stages.instance_id = "node-a".into();
+    config_a.components.poll_interval_ms = 300;
+    let mut config_b = config_a.clone();
+    config_b.stages.instance_id = "node-b".into();
+    let a = TestNode::start(config_a).await;
+    let b = TestNode::start(config_b).await;
+
+    let v1 = a.node.registry.snapshot()["psp-adapter"].0.clone();
+    let v2 = a
+        .node
+        .registry
+        .push(Slot::PspAdapter, &simulator_v2(), None, "test")
+        .await
+        .unwrap()
+        .sha256;
+    assert_ne!(v1, v2);
+    let config = serde_json::to_value(BTreeMap::from([
+        ("scenario", "BEST_PSP_EVER"),
+        ("latency", "off"),
+    ]))
+    .unwrap();
+
+    // A steady stream of ~200 payments/s until told to stop.
+    let running = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let running = running.clone();
+        let base = a.base.clone();
+        let token = a.token(&["payment:write"]);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut pending = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut n = 0;
+            while running.load(Ordering::SeqCst) {
+                tick.tick().await;
+                n += 1;
+                let (http, base, token) = (http.clone(), base.clone(), token.clone());
+                pending.push(tokio::spawn(async move {
+                    let order = format!("swap-{n}");
+                    let response = http
+                        .post(format!("{base}/api/v1/payments"))
+                        .bearer_auth(&token)
+                        .header("Idempotency-Key", &order)
+                        .json(&payment_body(&order, &[("seller-s", 100)]))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status().as_u16(), 202);
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    body["paymentId"].as_str().unwrap().to_string()
+                }));
+            }
+            let mut ids = Vec::new();
+            for task in pending {
+                ids.push(task.await.unwrap());
+            }
+            ids
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. activate v2 (NOTIFY path)
+    let t = Instant::now();
+    plugins::activate(&a.pool, "psp-adapter", &v2, &config, "activate", "test")
+        .await
+        .unwrap();
+    let switch = wait_switched(&[&a, &b], &v2).await;
+    println!("activate: all nodes on v2 after {:?} (notify)", switch);
+    let after_activate = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 2. rollback to v1
+    let previous = plugins::previous(&a.pool, "psp-adapter")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(previous.sha256, v1);
+    plugins::activate(
+        &a.pool,
+        "psp-adapter",
+        &v1,
+        &previous.config,
+        "rollback",
+        "test",
+    )
+    .await
+    .unwrap();
+    let switch = wait_switched(&[&a, &b], &v1).await;
+    println!("rollback: all nodes on v1 after {:?} (notify)", switch);
+    let after_rollback = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. kill the LISTEN connections and activate without NOTIFY: polling only.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
+        .execute(&a.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO plugin_activations (slot, sha256, config, action, activated_by) VALUES ('psp-adapter', $1, $2, 'activate', 'test')")
+        .bind(&v2)
+        .bind(&config)
+        .execute(&a.pool)
+        .await
+        .unwrap();
+    let switch = wait_switched(&[&a, &b], &v2).await;
+    println!(
+        "activate: all nodes on v2 after {:?} (polling fallback)",
+        switch
+    );
+    let after_poll = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    running.store(false, Ordering::SeqCst);
+    let ids = sender.await.unwrap();
+    println!(
+        "{} payments in {:?} ({:.0}/s)",
+        ids.len(),
+        t.elapsed(),
+        ids.len() as f64 / t.elapsed().as_secs_f64()
+    );
+    assert!(
+        ids.len() >= 1_000,
+        "stream too slow: {} payments",
+        ids.len()
+    );
+
+    // Zero lost: every payment final and succeeded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = a
+            .scalar("SELECT count(*) FROM payment_orders WHERE status <> 'SUCCEEDED'")
+            .await;
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} orders never succeeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        a.scalar("SELECT count(*) FROM payment_orders").await,
+        ids.len() as i64
+    );
+    // Zero duplicated: one attempt per order.
+    assert_eq!(
+        a.scalar("SELECT count(*) FROM psp_attempts").await,
+        ids.len() as i64
+    );
+    assert_eq!(
+        a.scalar("SELECT count(*) FROM psp_attempts WHERE attempt <> 1 OR component_calls <> 1")
+            .await,
+        0
+    );
+
+    // Every phase: each node claimed attempts with the version then active.
+    let phases = [
+        (after_activate, after_rollback, &v2),
+        (after_rollback, after_poll, &v1),
+    ];
+    for (from, to, sha) in phases {
+        for node in ["node-a", "node-b"] {
+            let (right, wrong): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE component_sha256 = $4), count(*) FILTER (WHERE component_sha256 <> $4)
+                 FROM psp_attempts WHERE node_id = $1 AND claimed_at > $2 + interval '1 second' AND claimed_at < $3",
+            )
+            .bind(node)
+            .bind(from)
+            .bind(to)
+            .bind(sha)
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+            assert!(
+                right > 0 && wrong == 0,
+                "{node} between {from} and {to}: {right} with {sha}, {wrong} with another version"
+            );
+        }
+    }
+    let late_v2: i64 = sqlx::query_scalar("SELECT count(*) FROM psp_attempts WHERE claimed_at > $1 + interval '1 second' AND component_sha256 <> $2")
+        .bind(after_poll)
+        .bind(&v2)
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(late_v2, 0);
+    b.stop().await;
+    a.stop().await;
+}
