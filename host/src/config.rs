@@ -373,7 +373,13 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         let config: Config = figment
-            .merge(Env::prefixed("PAYNODE_").split("__"))
+            // Only `SECTION__KEY` variables are config; PAYNODE_LOG,
+            // PAYNODE_CONFIG and tool variables are not.
+            .merge(
+                Env::prefixed("PAYNODE_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .context("invalid configuration")?;
         config.validate()?;

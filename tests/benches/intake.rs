@@ -12,7 +12,7 @@
 //! Run: `cargo bench -p paynode-tests --bench intake`
 //! Env: `PAYNODE_BENCH_CLIENTS` (32), `PAYNODE_BENCH_SECS` (10),
 //! `PAYNODE_BENCH_POOL` (node pool size; default: test_config's),
-//! `PAYNODE_LOG` (default `warn` here: the node logs one JSON line per
+//! `PAYNODE_LOG` (default `warn,sqlx=error` here: the node logs one JSON line per
 //! payment at `info`).
 
 use std::path::Path;
@@ -66,7 +66,7 @@ struct Baseline {
 fn main() -> Result<()> {
     if std::env::var_os("PAYNODE_LOG").is_none() {
         // Before any thread starts: the node reads it when it installs logging.
-        std::env::set_var("PAYNODE_LOG", "warn");
+        std::env::set_var("PAYNODE_LOG", "warn,sqlx=error");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -218,22 +218,22 @@ async fn run() -> Result<()> {
         warmup.as_secs(),
         std::env::var("PAYNODE_LOG").unwrap_or_default()
     );
-    println!("{}", "-".repeat(92));
+    println!("{}", "-".repeat(100));
     println!(
-        "{:<44} {:>12} {:>14} {:>14}",
+        "{:<52} {:>12} {:>14} {:>14}",
         "", "per second", "p50 ms", "p99 ms"
     );
     println!(
-        "{:<44} {:>12.0} {:>14.2} {:>14.2}",
+        "{:<52} {:>12.0} {:>14.2} {:>14.2}",
         "intake (202 Accepted)", intake_per_sec, p50, p99
     );
     println!(
-        "{:<44} {:>12.0} {:>29}",
+        "{:<52} {:>12.0} {:>29}",
         format!("baseline: {} (same SQL, {clients} clients)", baseline.tool),
         baseline.tps,
         format!("avg {} ms", baseline.latency_ms)
     );
-    println!("{}", "-".repeat(92));
+    println!("{}", "-".repeat(100));
     println!(
         "ratio intake / baseline = {:.1}%   (goal ≥ {:.0}%: {})",
         ratio * 100.0,

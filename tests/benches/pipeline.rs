@@ -19,7 +19,8 @@
 //!
 //! Run: `cargo bench -p paynode-tests --bench pipeline`
 //! Env: `PAYNODE_BENCH_PAYMENTS` (2000), `PAYNODE_BENCH_CLIENTS` (32),
-//! `PAYNODE_LOG` (default `warn` here), `PAYNODE_TEST_BROKERS`.
+//! `PAYNODE_BENCH_POOL` (node pool size; default: test_config's),
+//! `PAYNODE_LOG` (default `warn,sqlx=error` here), `PAYNODE_TEST_BROKERS`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +61,7 @@ fn p50_p99(values: &mut [f64]) -> (f64, f64) {
 
 fn main() -> Result<()> {
     if std::env::var_os("PAYNODE_LOG").is_none() {
-        std::env::set_var("PAYNODE_LOG", "warn");
+        std::env::set_var("PAYNODE_LOG", "warn,sqlx=error");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -340,7 +341,11 @@ fn kafka_baseline(
 async fn run() -> Result<()> {
     let m = env_u64("PAYNODE_BENCH_PAYMENTS", 2000).max(1);
     let clients = env_u64("PAYNODE_BENCH_CLIENTS", 32).max(1) as usize;
-    let config = test_config().await;
+    let mut config = test_config().await;
+    if let Ok(pool) = std::env::var("PAYNODE_BENCH_POOL") {
+        config.database.max_connections = pool.parse().context("PAYNODE_BENCH_POOL")?;
+    }
+    let pool_size = config.database.max_connections;
     let db_url = config.database.url.clone();
     let prefix = config.kafka.prefix.clone();
     let partitions = config.kafka.partitions;
@@ -430,7 +435,7 @@ async fn run() -> Result<()> {
     println!();
     println!(
         "pipeline: {m} payments × 1 seller, {clients} concurrent clients, psp-simulator BEST_PSP_EVER latency=off, \
-         every stage 1 worker, {partitions} partitions, batches ≤ {stage_batch} records / {} ms; broker {brokers}; \
+         every stage 1 worker, node pool {pool_size} connections, {partitions} partitions, batches ≤ {stage_batch} records / {} ms; broker {brokers}; \
          PAYNODE_LOG={}",
         batch_wait.as_millis(),
         std::env::var("PAYNODE_LOG").unwrap_or_default()

@@ -31,8 +31,8 @@ pub struct PluginList {
 
 /// Stored component versions and the active one per slot.
 #[utoipa::path(get, path = "/api/v1/admin/plugins", tag = "admin",
-    responses((status = 200, body = PluginList),
-        (status = 403, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Stored versions and activations", body = PluginList),
+        (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list_plugins(
     State(state): State<AppState>,
@@ -49,6 +49,7 @@ pub async fn list_plugins(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PushPlugin {
     /// psp-adapter, retry-policy or posting-rules.
+    #[schema(pattern = "^(psp-adapter|retry-policy|posting-rules)$")]
     pub slot: String,
     /// The component binary, base64.
     pub wasm_base64: String,
@@ -66,10 +67,10 @@ fn parse_slot(text: &str) -> Result<Slot, ApiError> {
 /// Upload a component version (validated: parses, implements the slot's
 /// world, imports nothing else, passes its fixtures).
 #[utoipa::path(post, path = "/api/v1/admin/plugins", tag = "admin", request_body = PushPlugin,
-    responses((status = 201, body = PluginRow),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Refused component", body = Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Stored (not yet active)", body = PluginRow),
+        (status = 400, description = "Invalid JSON, unknown slot, or wasmBase64 is not base64", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The JSON does not match the request schema, or the component was refused", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn push_plugin(
     State(state): State<AppState>,
@@ -99,18 +100,22 @@ pub async fn push_plugin(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActivatePlugin {
+    /// sha256 of a stored version of this slot, lower-case hex.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
-    /// Guest configuration for this activation.
+    /// Guest configuration for this activation (no NUL characters).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
 }
 
 /// Make a stored version the active one of its slot on every node.
 #[utoipa::path(post, path = "/api/v1/admin/plugins/{slot}/activate", tag = "admin", request_body = ActivatePlugin,
-    params(("slot" = String, Path, description = "psp-adapter, retry-policy or posting-rules")),
-    responses((status = 200, body = Activation),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")),
+    params(("slot" = String, Path, pattern = "^(psp-adapter|retry-policy|posting-rules)$",
+        description = "psp-adapter, retry-policy or posting-rules")),
+    responses((status = 200, description = "Activated", body = Activation),
+        (status = 400, description = "Invalid JSON, unknown slot, sha256 not 64 lower-case hex digits, or NUL in config", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stored version of this slot with that sha256", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn activate_plugin(
     State(state): State<AppState>,
@@ -120,11 +125,39 @@ pub async fn activate_plugin(
 ) -> Result<axum::Json<Activation>, ApiError> {
     principal.require(role::ADMIN)?;
     let slot = parse_slot(&slot)?;
-    state
+    // Checked before any lookup: a NUL reached PostgreSQL and its error
+    // came back in the 404's detail.
+    if body.sha256.len() != 64
+        || !body
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ApiError::validation(
+            "sha256 must be 64 lower-case hex digits",
+        ));
+    }
+    // PostgreSQL jsonb cannot store NUL (it was a 500).
+    if body
+        .config
+        .iter()
+        .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(ApiError::validation("config must not contain NUL"));
+    }
+    let loaded = state
         .registry
         .by_sha(slot, &body.sha256)
         .await
         .map_err(|e| ApiError::not_found(e.to_string()))?;
+    // The registry's in-memory cache answers by sha alone: without this a
+    // psp-adapter version could be activated into the retry-policy slot.
+    if loaded.slot != slot {
+        return Err(ApiError::not_found(format!(
+            "{} is a {} component",
+            body.sha256, loaded.slot
+        )));
+    }
     let config = serde_json::to_value(&body.config).expect("serializes");
     let activation = plugins::activate(
         &state.pool,
@@ -140,9 +173,11 @@ pub async fn activate_plugin(
 
 /// Re-activate the version that was active before the current one.
 #[utoipa::path(post, path = "/api/v1/admin/plugins/{slot}/rollback", tag = "admin",
-    params(("slot" = String, Path, description = "psp-adapter, retry-policy or posting-rules")),
-    responses((status = 200, body = Activation),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+    params(("slot" = String, Path, pattern = "^(psp-adapter|retry-policy|posting-rules)$",
+        description = "psp-adapter, retry-policy or posting-rules")),
+    responses((status = 200, description = "Rolled back", body = Activation),
+        (status = 400, description = "Unknown slot", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Nothing to roll back to", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn rollback_plugin(
@@ -173,8 +208,12 @@ pub async fn rollback_plugin(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResolveReview {
     /// SUCCEEDED or FAILED, as confirmed with the PSP out of band.
+    #[schema(pattern = "^(SUCCEEDED|FAILED)$")]
     pub status: String,
+    /// Required (non-empty) to resolve as SUCCEEDED.
+    #[schema(pattern = r"^[^\x00]*$")]
     pub psp_reference: Option<String>,
+    #[schema(pattern = r"^[^\x00]*$")]
     pub reason: String,
 }
 
@@ -182,8 +221,9 @@ pub struct ResolveReview {
 #[utoipa::path(post, path = "/api/v1/admin/payment-orders/{id}/resolve", tag = "admin", request_body = ResolveReview,
     params(("id" = Uuid, Path, description = "Payment order id")),
     responses((status = 204, description = "Resolved"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid JSON, id not a UUID, status not SUCCEEDED or FAILED, SUCCEEDED without pspReference, or NUL in a text", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Order is not in REQUIRES_REVIEW", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn resolve_review(
@@ -201,6 +241,12 @@ pub async fn resolve_review(
         "FAILED" => FinalStatus::Failed,
         _ => return Err(ApiError::validation("status must be SUCCEEDED or FAILED")),
     };
+    // PostgreSQL text and jsonb cannot store NUL (it was a 500).
+    if body.reason.contains('\0') || body.psp_reference.as_deref().unwrap_or("").contains('\0') {
+        return Err(ApiError::validation(
+            "reason and pspReference must not contain NUL",
+        ));
+    }
     if status == FinalStatus::Succeeded && body.psp_reference.as_deref().unwrap_or("").is_empty() {
         return Err(ApiError::validation(
             "pspReference is required to resolve as SUCCEEDED",

@@ -15,6 +15,7 @@ use crate::store::ledger::{self, BalanceRow};
 pub struct SellerBalances {
     pub seller_id: String,
     /// "cache" or "database".
+    #[schema(pattern = "^(cache|database)$")]
     pub source: String,
     pub accounts: Vec<AccountBalance>,
 }
@@ -33,9 +34,11 @@ pub struct AccountBalance {
 
 /// Balances of one seller's accounts.
 #[utoipa::path(get, path = "/api/v1/sellers/{seller_id}/balances", tag = "ledger",
-    params(("seller_id" = String, Path, description = "Seller id")),
+    params(("seller_id" = String, Path, min_length = 1, max_length = 64, pattern = r"^[^.\x00]+$",
+        description = "Seller id: 1..=64 bytes, no '.'")),
     responses(
         (status = 200, description = "Balances", body = SellerBalances),
+        (status = 400, description = "Bad seller id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing role FINANCE", body = Problem, content_type = "application/problem+json"),
     ),
@@ -46,7 +49,12 @@ pub async fn seller_balances(
     Path(seller_id): Path<String>,
 ) -> Result<axum::Json<SellerBalances>, ApiError> {
     principal.require(role::FINANCE)?;
-    if seller_id.is_empty() || seller_id.len() > 64 || seller_id.contains('.') {
+    // NUL is refused: PostgreSQL text cannot store it (it was a 500).
+    if seller_id.is_empty()
+        || seller_id.len() > 64
+        || seller_id.contains('.')
+        || seller_id.contains('\0')
+    {
         return Err(ApiError::validation("bad seller id"));
     }
     let cached = state

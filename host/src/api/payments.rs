@@ -26,18 +26,35 @@ const MAX_ID_LEN: usize = 64;
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({
+    "buyerId": "buyer-1",
+    "orderId": "order-1",
+    "totalAmount": { "quantity": 3000, "currency": "EUR" },
+    "paymentOrders": [
+        { "sellerId": "seller-1", "amount": { "quantity": 1000, "currency": "EUR" } },
+        { "sellerId": "seller-2", "amount": { "quantity": 2000, "currency": "EUR" } }
+    ]
+}))]
 pub struct CreatePayment {
+    /// 1..=64 bytes, no '.'.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^.\x00]+$")]
     pub buyer_id: String,
-    /// The shop's order id; one payment per (client, orderId).
+    /// The shop's order id; one payment per (client, orderId). 1..=64 bytes, no '.'.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^.\x00]+$")]
     pub order_id: String,
+    /// `quantity` > 0 in minor units; `currency` a supported ISO-4217 code.
     pub total_amount: Money,
-    /// One per seller; amounts sum to `totalAmount`.
+    /// One per seller (at most `http.max_payment_orders`, 50 by default);
+    /// amounts are in the payment's currency and sum to `totalAmount`.
+    #[schema(min_items = 1)]
     pub payment_orders: Vec<CreatePaymentOrder>,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreatePaymentOrder {
+    /// 1..=64 of [A-Za-z0-9_-]; GLOBAL is reserved; unique within a payment.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub seller_id: String,
     pub amount: Money,
 }
@@ -84,10 +101,13 @@ pub struct AttemptView {
 }
 
 fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
-    let id_ok = |s: &str| !s.trim().is_empty() && s.len() <= MAX_ID_LEN && !s.contains('.');
+    // NUL is refused: PostgreSQL text cannot store it (it was a 500).
+    let id_ok = |s: &str| {
+        !s.trim().is_empty() && s.len() <= MAX_ID_LEN && !s.contains('.') && !s.contains('\0')
+    };
     if !id_ok(&body.buyer_id) || !id_ok(&body.order_id) {
         return Err(ApiError::validation(format!(
-            "buyerId and orderId must be 1..={MAX_ID_LEN} characters without '.'"
+            "buyerId and orderId must be 1..={MAX_ID_LEN} characters without '.' or NUL"
         )));
     }
     let currency = &body.total_amount.currency;
@@ -182,17 +202,21 @@ fn lock_id(client: &str, key: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// Accept a payment.
+/// Accept a payment: stored with its orders and outbox events in one
+/// transaction; the PSP is called asynchronously.
 #[utoipa::path(post, path = "/api/v1/payments", tag = "payments",
     request_body = CreatePayment,
-    params(("Idempotency-Key" = String, Header, description = "Required; same key + same body replays the first answer")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 128, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+        description = "Required, 1..=128 characters; same key + same body replays the first answer")),
     responses(
-        (status = 202, description = "Accepted", body = PaymentView),
-        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Accepted (or the replay of an earlier answer to the same key and body)", body = PaymentView,
+            headers(("Location" = String, description = "The payment's URL"))),
+        (status = 400, description = "Invalid JSON, a broken business rule, or a missing or invalid Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing role payment:write", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Same key in flight, or orderId already paid", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Same key, different body", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same key still in flight (with Retry-After), or orderId already paid", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying a request still in flight"))),
+        (status = 422, description = "The JSON does not match the request schema, or the Idempotency-Key was used with a different body", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -363,8 +387,9 @@ fn respond(status: StatusCode, body: &serde_json::Value) -> Response {
     params(("id" = Uuid, Path, description = "Payment id")),
     responses(
         (status = 200, description = "The payment", body = PaymentView),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown payment", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown payment, or another client's", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn get(
@@ -488,6 +513,10 @@ mod tests {
             body(100, &[("GLOBAL", 100, "EUR")]),
             body(100, &[("s.1", 100, "EUR")]),
             body(i64::MAX, &[("s-1", i64::MAX, "EUR"), ("s-2", 1, "EUR")]),
+            CreatePayment {
+                buyer_id: "b\0".into(),
+                ..body(100, &[("s-1", 100, "EUR")])
+            },
         ];
         for case in cases {
             assert!(validate(&case, 10).is_err(), "accepted {case:?}");

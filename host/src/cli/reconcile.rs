@@ -94,6 +94,11 @@ pub async fn checks(pool: &PgPool, outbox_age_secs: i64) -> anyhow::Result<Vec<C
         detail: format!("outbox rows unsent for over {outbox_age_secs} s"),
     });
     checks.push(Check {
+        name: "no quarantined outbox rows",
+        breaches: count("SELECT count(*) FROM outbox_event WHERE status = 'QUARANTINED'").await?,
+        detail: "outbox rows that could not be published (see the dispatcher's error log)".into(),
+    });
+    checks.push(Check {
         name: "no order stuck",
         breaches: count(
             "SELECT count(*) FROM payment_orders WHERE status IN ('INITIATED', 'PENDING')

@@ -38,7 +38,7 @@ pub async fn run(
             last_maintenance = Some(Instant::now());
             maintain(&ctx).await;
         }
-        match dispatch_batch(&ctx, &producer).await {
+        match dispatch_batch(&ctx, &producer, &worker_label).await {
             Ok(0) => {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -89,11 +89,34 @@ impl<E: Into<anyhow::Error>> From<E> for DispatchError {
 async fn dispatch_batch(
     ctx: &PipelineContext,
     producer: &rdkafka::producer::FutureProducer,
+    worker: &str,
 ) -> Result<usize, DispatchError> {
     use rdkafka::producer::Producer;
     let mut tx = ctx.pool.begin().await?;
     let rows = outbox::claim(&mut tx, ctx.config.outbox.batch_size).await?;
     if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    // Decode everything before the Kafka transaction starts; a row that can
+    // never be published is quarantined rather than retried forever.
+    let (good, bad): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .map(|row| (outbound(&row), row))
+        .partition(|(o, _)| o.is_ok());
+    if !bad.is_empty() {
+        for (reason, row) in &bad {
+            tracing::error!(event_id = %row.event_id, topic = %row.topic, reason = %format!("{:#}", reason.as_ref().err().expect("bad rows hold errors")), "outbox row quarantined");
+            crate::metrics::outbox_dispatch_failed(worker);
+        }
+        let quarantined: Vec<_> = bad.into_iter().map(|(_, row)| row).collect();
+        outbox::mark(&mut tx, &quarantined, "QUARANTINED").await?;
+    }
+    let (outputs, rows): (Vec<Outbound>, Vec<_>) = good
+        .into_iter()
+        .map(|(o, row)| (o.expect("good rows decode"), row))
+        .unzip();
+    if outputs.is_empty() {
         tx.commit().await?;
         return Ok(0);
     }
@@ -106,17 +129,8 @@ async fn dispatch_batch(
         }
     };
     producer.begin_transaction().map_err(kafka_error)?;
-    for row in &rows {
-        let envelope: Envelope = serde_json::from_value(row.envelope.clone())?;
-        let topic = kafka::topic::ALL
-            .into_iter()
-            .find(|t| *t == row.topic)
-            .ok_or_else(|| anyhow::anyhow!("outbox row for unknown topic {}", row.topic))?;
-        if let Err(error) = send(
-            producer,
-            &ctx.names,
-            &Outbound::new(topic, row.message_key.clone(), envelope),
-        ) {
+    for out in &outputs {
+        if let Err(error) = send(producer, &ctx.names, out) {
             let _ = producer.abort_transaction(timeout);
             return Err(DispatchError::Retry(error));
         }
@@ -127,7 +141,16 @@ async fn dispatch_batch(
         }
         return Err(kafka_error(error));
     }
-    outbox::mark_sent(&mut tx, &rows).await?;
+    outbox::mark(&mut tx, &rows, "SENT").await?;
     tx.commit().await?;
     Ok(rows.len())
+}
+
+fn outbound(row: &outbox::OutboxRow) -> anyhow::Result<Outbound> {
+    let envelope: Envelope = serde_json::from_value(row.envelope.clone())?;
+    let topic = kafka::topic::ALL
+        .into_iter()
+        .find(|t| *t == row.topic)
+        .ok_or_else(|| anyhow::anyhow!("outbox row for unknown topic {}", row.topic))?;
+    Ok(Outbound::new(topic, row.message_key.clone(), envelope))
 }

@@ -65,16 +65,22 @@ pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> sqlx::Resu
         .collect())
 }
 
-pub async fn mark_sent(tx: &mut Transaction<'_, Postgres>, rows: &[OutboxRow]) -> sqlx::Result<()> {
+/// Sets the status of claimed rows (SENT after the Kafka commit, or QUARANTINED).
+pub async fn mark(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[OutboxRow],
+    status: &str,
+) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     sqlx::query(
-        "UPDATE outbox_event o SET status = 'SENT', sent_at = now()
+        "UPDATE outbox_event o SET status = $3, sent_at = now()
          FROM UNNEST($1::uuid[], $2::timestamptz[]) AS t(id, created)
          WHERE o.event_id = t.id AND o.created_at = t.created",
     )
     .bind(&ids)
     .bind(&created)
+    .bind(status)
     .execute(&mut **tx)
     .await?;
     Ok(())
