@@ -106,7 +106,7 @@ async fn dispatch_batch(
         .partition(|(o, _)| o.is_ok());
     if !bad.is_empty() {
         for (reason, row) in &bad {
-            tracing::error!(event_id = %row.event_id, topic = %row.topic, reason = %format!("{:#}", reason.as_ref().err().expect("bad rows hold errors")), "outbox row quarantined");
+            tracing::error!(event_id = %row.event_id, topic = %row.topic, reason = %format!("{:#}", reason.as_ref().expect_err("bad rows hold errors")), "outbox row quarantined");
             crate::metrics::outbox_dispatch_failed(worker);
         }
         let quarantined: Vec<_> = bad.into_iter().map(|(_, row)| row).collect();
