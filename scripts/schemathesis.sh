@@ -99,10 +99,16 @@ fi
 
 echo "== schemathesis: run (max $max_examples examples per operation)"
 status=0
+# Every check except positive_data_acceptance: that one expects every
+# schema-valid request to succeed, but intake and review resolution enforce
+# rules JSON Schema cannot state (orders sum to totalAmount, one currency per
+# payment, known currencies, distinct sellers, SUCCEEDED needs pspReference),
+# so schema-valid requests legitimately get a documented 400.
 # `timeout` bounds the whole run; --max-time would keep fuzzing until it is spent.
 timeout --signal=INT 240 "$venv/bin/schemathesis" run "$base/api-docs/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks all \
+  --exclude-checks positive_data_acceptance \
   --max-examples "$max_examples" \
   --request-timeout 15 \
   --generation-database none \

@@ -19,7 +19,7 @@ cargo clippy --all-targets -- -D warnings
 echo "== component fixtures (per-plugin harness)"
 cargo build -q -p paynode
 paynode_bin="${CARGO_TARGET_DIR:-target}/debug/paynode"
-for dir in psp-adapters/* plugins/retry-* ledger-rules/*; do
+for dir in psp-adapters/* plugins/* ledger-rules/*; do
   [ -d "$dir/fixtures" ] || continue
   name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)
   "$paynode_bin" plugin test "target/components/$name.wasm" "$dir/fixtures"

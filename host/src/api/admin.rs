@@ -54,8 +54,59 @@ pub struct PushPlugin {
     /// The component binary, base64.
     pub wasm_base64: String,
     /// Fixtures the component must pass before it is stored.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = fixture_file_schema)]
     pub fixtures: Option<FixtureFile>,
+}
+
+/// The outline of a fixture file (`slot`, `config`, `cases`); the case
+/// inputs and expectations depend on the slot and are left open.
+fn fixture_file_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, SchemaType, Type};
+    use utoipa::openapi::ObjectBuilder;
+    let string_map = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+    };
+    let case = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("name", ObjectBuilder::new().schema_type(Type::String))
+        .property(
+            "call",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("charge | status | decide | post")),
+        )
+        .property(
+            "input",
+            ObjectBuilder::new().schema_type(SchemaType::AnyValue),
+        )
+        .property("config", string_map())
+        .property(
+            "http",
+            ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Object)),
+        )
+        .property(
+            "expect",
+            ObjectBuilder::new().schema_type(SchemaType::AnyValue),
+        )
+        .required("name")
+        .required("call")
+        .required("input")
+        .required("expect")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(
+            "Fixtures the component must pass before it is stored.",
+        ))
+        .property("slot", ObjectBuilder::new().schema_type(Type::String))
+        .property("config", string_map())
+        .property("cases", ArrayBuilder::new().items(case))
+        .required("slot")
+        .required("cases")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build()
 }
 
 fn parse_slot(text: &str) -> Result<Slot, ApiError> {

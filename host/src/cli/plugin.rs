@@ -55,6 +55,88 @@ pub enum PluginCommand {
     },
     /// List stored versions and the active one per slot.
     List,
+    /// Scaffold a component crate with fixtures that pass out of the box.
+    New {
+        /// psp-adapter, retry-policy or posting-rules.
+        slot: String,
+        /// Crate name, e.g. psp-acme.
+        name: String,
+        /// Parent folder (default: psp-adapters/, plugins/ or ledger-rules/ by slot).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The scaffold templates are the `plugins/template-*` crates, which the
+/// test command builds and runs against their fixtures: a scaffold starts green.
+fn template(slot: Slot) -> [(&'static str, &'static str); 3] {
+    match slot {
+        Slot::PspAdapter => [
+            (
+                "Cargo.toml",
+                include_str!("../../../plugins/template-psp-adapter/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../plugins/template-psp-adapter/src/lib.rs"),
+            ),
+            (
+                "fixtures/cases.json",
+                include_str!("../../../plugins/template-psp-adapter/fixtures/cases.json"),
+            ),
+        ],
+        Slot::RetryPolicy => [
+            (
+                "Cargo.toml",
+                include_str!("../../../plugins/template-retry-policy/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../plugins/template-retry-policy/src/lib.rs"),
+            ),
+            (
+                "fixtures/cases.json",
+                include_str!("../../../plugins/template-retry-policy/fixtures/cases.json"),
+            ),
+        ],
+        Slot::PostingRules => [
+            (
+                "Cargo.toml",
+                include_str!("../../../plugins/template-posting-rules/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../plugins/template-posting-rules/src/lib.rs"),
+            ),
+            (
+                "fixtures/cases.json",
+                include_str!("../../../plugins/template-posting-rules/fixtures/cases.json"),
+            ),
+        ],
+    }
+}
+
+/// Writes a new component crate; returns its folder.
+pub fn scaffold(slot: Slot, name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 48
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "name must be 1..=48 of [a-z0-9-]"
+    );
+    let dir = parent.join(name);
+    anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
+    for (file, text) in template(slot) {
+        let text = text
+            .replace(&format!("template-{slot}"), name)
+            .replace(&format!("Starting point for a new {slot} component (`paynode plugin new {slot} <name>` copies it)"), &format!("The {name} {slot} component"));
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().expect("files have parents"))?;
+        std::fs::write(&path, text)?;
+    }
+    Ok(dir)
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -154,10 +236,33 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
             ExitCode::FAILURE
         });
     }
+    if let PluginCommand::New {
+        slot: slot_name,
+        name,
+        dir,
+    } = &command
+    {
+        let slot = slot(slot_name)?;
+        let parent = dir.clone().unwrap_or_else(|| {
+            PathBuf::from(match slot {
+                Slot::PspAdapter => "psp-adapters",
+                Slot::RetryPolicy => "plugins",
+                Slot::PostingRules => "ledger-rules",
+            })
+        });
+        let created = scaffold(slot, name, &parent)?;
+        println!("created {}", created.display());
+        println!("next: cargo xtask components {name}");
+        println!(
+            "      paynode plugin test target/components/{name}.wasm {}/fixtures",
+            created.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
     match command {
-        PluginCommand::Test { .. } => unreachable!("handled above"),
+        PluginCommand::Test { .. } | PluginCommand::New { .. } => unreachable!("handled above"),
         PluginCommand::Push {
             component,
             slot: slot_name,
