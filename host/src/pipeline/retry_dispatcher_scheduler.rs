@@ -97,7 +97,7 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
                 return Err(error);
             }
         }
-        if let Err(error) = producer.commit_transaction(timeout) {
+        if let Err(error) = tokio::task::block_in_place(|| producer.commit_transaction(timeout)) {
             if !is_fatal(&error) {
                 let _ = producer.abort_transaction(timeout);
             }

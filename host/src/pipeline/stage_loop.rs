@@ -529,13 +529,17 @@ async fn commit_batch<S: Stage>(
     let metadata = consumer
         .group_metadata()
         .ok_or_else(|| abort("no consumer group metadata".into()))?;
-    if let Err(error) = producer.send_offsets_to_transaction(&offsets, &metadata, timeout) {
+    // rdkafka's transaction calls block until the broker answers; keep them
+    // off the async worker so HTTP and other stages keep running.
+    if let Err(error) = tokio::task::block_in_place(|| {
+        producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
+    }) {
         if is_fatal(&error) {
             return Err(CommitError::Fatal(error.into()));
         }
         return Err(abort(format!("send_offsets_to_transaction: {error}")));
     }
-    if let Err(error) = producer.commit_transaction(timeout) {
+    if let Err(error) = tokio::task::block_in_place(|| producer.commit_transaction(timeout)) {
         if is_fatal(&error) {
             return Err(CommitError::Fatal(error.into()));
         }
