@@ -86,6 +86,10 @@ fn describe() {
         "Orders moved to REQUIRES_REVIEW"
     );
     describe_counter!("payments_accepted_total", "Payments accepted at intake");
+    describe_gauge!(
+        "reconcile_breaches",
+        "Breaches found by the periodic reconciliation, per check"
+    );
     describe_counter!(
         "http_requests_total",
         "HTTP requests by route, method and status"
@@ -176,4 +180,8 @@ pub fn http_request(route: &str, method: &str, status: u16, started: Instant) {
     .increment(1);
     histogram!("http_request_duration_seconds", "route" => route.to_string())
         .record(started.elapsed().as_secs_f64());
+}
+
+pub fn reconcile_breaches(check: &'static str, breaches: i64) {
+    gauge!("reconcile_breaches", "check" => check).set(breaches as f64);
 }

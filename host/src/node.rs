@@ -148,7 +148,22 @@ async fn gauges(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::Re
         ("ledger_recording_consumer", topic::LEDGER_RECORD_REQUEST),
         ("account_balance_consumer", topic::LEDGER_ENTRIES_RECORDED),
     ];
+    let mut round: u64 = 0;
     loop {
+        // The periodic reconciliation (every ~minute), as gauges for alerts.
+        if round.is_multiple_of(12) {
+            match crate::cli::reconcile::checks(&ctx.pool, 300).await {
+                Ok(checks) => {
+                    for check in checks {
+                        crate::metrics::reconcile_breaches(check.name, check.breaches);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "periodic reconciliation failed")
+                }
+            }
+        }
+        round += 1;
         if let Ok(backlog) = store::outbox::backlog(&ctx.pool).await {
             crate::metrics::outbox_backlog(backlog);
         }
