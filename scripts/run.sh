@@ -12,7 +12,9 @@ STATE_DIR="${PAYNODE_STATE_DIR:-$HOME/.cache/paynode}"
 mkdir -p "$STATE_DIR"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/paynode/target}"
 export PAYNODE_GUEST_TARGET_DIR="${PAYNODE_GUEST_TARGET_DIR:-$HOME/.cache/paynode/guest-target}"
-bin="$CARGO_TARGET_DIR/release/paynode"
+# The dev profile optimises dependencies, so a debug build serves the demo
+# well and shares the test build cache.
+bin="$CARGO_TARGET_DIR/debug/paynode"
 
 stop_node() {
   if [ -f "$STATE_DIR/node.pid" ]; then
@@ -30,7 +32,7 @@ bash scripts/prereqs.sh
 bash scripts/services.sh up
 echo "== building components and the node"
 cargo xtask components
-cargo build --release -q -p paynode
+cargo build -q -p paynode
 
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'paynode'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE paynode"

@@ -27,3 +27,6 @@ done
 
 echo "== tests"
 cargo test
+
+echo "== API fuzzing (schemathesis against the served OpenAPI document)"
+bash scripts/schemathesis.sh

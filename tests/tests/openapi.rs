@@ -67,7 +67,7 @@ fn committed_document_matches_the_code() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn running_node_serves_the_committed_document() {
     let node = TestNode::start(test_config().await).await;
     let response = node

@@ -104,8 +104,15 @@ impl Registry {
 
     /// A specific version (e.g. the adapter an order is pinned to).
     pub async fn by_sha(&self, slot: Slot, sha256: &str) -> Result<Arc<Loaded>, PluginError> {
-        if let Some(loaded) = self.loaded.lock().unwrap().get(sha256) {
-            return Ok(loaded.clone());
+        let cached = self.loaded.lock().unwrap().get(sha256).cloned();
+        if let Some(loaded) = cached {
+            if loaded.slot != slot {
+                return Err(PluginError::InvalidComponent(format!(
+                    "{sha256} is a {} component",
+                    loaded.slot
+                )));
+            }
+            return Ok(loaded);
         }
         let row = plugins::bytes(&self.pool, sha256)
             .await
