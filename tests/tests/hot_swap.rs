@@ -231,3 +231,43 @@ async fn activation_and_rollback_reach_every_node_under_load() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Dev mode: a changed file in the components folder is hot-reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watched_folder_hot_reloads_a_changed_component() {
+    let dir = std::env::temp_dir().join(format!("paynode-watch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["psp-simulator", "retry-equal-jitter", "ledger-marketplace"] {
+        std::fs::copy(component_path(name), dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    let mut config = test_config().await;
+    config.components.dir = dir.clone();
+    config.components.watch = true;
+    config.components.poll_interval_ms = 200;
+    let node = TestNode::start(config).await;
+    let v2 = simulator_v2();
+    let v2_sha = paynode::components::runtime::sha256_hex(&v2);
+    std::fs::write(dir.join("psp-simulator.wasm.tmp"), &v2).unwrap();
+    std::fs::rename(
+        dir.join("psp-simulator.wasm.tmp"),
+        dir.join("psp-simulator.wasm"),
+    )
+    .unwrap();
+    let switch = wait_switched(&[&node], &v2_sha).await;
+    println!("watch: reloaded after {switch:?}");
+    let actor: String =
+        sqlx::query_scalar("SELECT activated_by FROM plugin_activations ORDER BY id DESC LIMIT 1")
+            .fetch_one(&node.pool)
+            .await
+            .unwrap();
+    assert_eq!(actor, "watch");
+    let (_, body) = node
+        .post_payment("watch-1", &payment_body("watch-1", &[("s-1", 100)]))
+        .await;
+    let view = node.wait_final(body["paymentId"].as_str().unwrap()).await;
+    assert_eq!(
+        view["paymentOrders"][0]["attempts"][0]["componentSha256"],
+        v2_sha
+    );
+    node.stop().await;
+}

@@ -283,11 +283,51 @@ impl Registry {
                         }
                     }
                 }
+                if registry.config.components.watch {
+                    if let Err(error) = registry.reload_changed_files().await {
+                        tracing::warn!(error = %format!("{error:#}"), "watching the components folder failed");
+                    }
+                }
                 if let Err(error) = registry.refresh().await {
                     tracing::error!(error = %format!("{error:#}"), "refreshing active components failed");
                 }
             }
         });
+    }
+
+    /// Dev mode (`components.watch`): when a slot's default component file in
+    /// `components.dir` changes, store and activate it on every node.
+    async fn reload_changed_files(&self) -> anyhow::Result<()> {
+        for slot in Slot::ALL {
+            let slot_config = self.slot_config(slot);
+            let path = self
+                .config
+                .components
+                .dir
+                .join(format!("{}.wasm", slot_config.default_component));
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let sha = sha256_hex(&bytes);
+            if self.active(slot).is_ok_and(|a| a.loaded.sha256 == sha) {
+                continue;
+            }
+            tracing::info!(%slot, path = %path.display(), "component file changed; hot-reloading");
+            self.push(slot, &bytes, None, "watch")
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let config = serde_json::to_value(&slot_config.config)?;
+            plugins::activate(
+                &self.pool,
+                slot.as_str(),
+                &sha,
+                &config,
+                "activate",
+                "watch",
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn listen(&self) -> Option<PgListener> {
