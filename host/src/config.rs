@@ -132,8 +132,20 @@ pub struct AuthConfig {
     /// HS256 shared secret for locally minted tokens (`paynode token`).
     #[serde(skip_serializing)]
     pub hs256_secret: String,
+    /// Accept HS256 tokens signed with `hs256_secret` (dev); production
+    /// turns this off and relies on `jwks_url` only.
+    pub allow_hs256: bool,
+    /// JWKS endpoint of the identity provider (e.g. Keycloak's
+    /// `.../protocol/openid-connect/certs`); enables RS256/ES256 tokens.
+    pub jwks_url: Option<String>,
+    /// Keys are re-fetched when older than this.
+    pub jwks_refresh_secs: u64,
+    /// Minimum time between two JWKS fetches (a token with an unknown `kid`
+    /// triggers one), so bogus tokens cannot hammer the identity provider.
+    pub jwks_min_refresh_secs: u64,
     pub issuer: String,
     pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
 }
 
@@ -141,6 +153,10 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             hs256_secret: "paynode-dev-secret-change-me".into(),
+            allow_hs256: true,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_secs: 10,
             issuer: "paynode-dev".into(),
             audience: "paynode".into(),
             leeway_secs: 30,
@@ -396,8 +412,11 @@ impl Config {
         if self.retry.max_attempts == 0 || self.retry.max_attempts > 20 {
             bail!("retry.max_attempts must be in 1..=20");
         }
-        if self.auth.hs256_secret.len() < 16 {
-            bail!("auth.hs256_secret must be at least 16 bytes");
+        if self.auth.allow_hs256 && self.auth.hs256_secret.len() < 16 {
+            bail!("auth.hs256_secret must be at least 16 bytes (or set auth.allow_hs256 = false)");
+        }
+        if !self.auth.allow_hs256 && self.auth.jwks_url.is_none() {
+            bail!("auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified");
         }
         if !self
             .kafka

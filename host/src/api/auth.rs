@@ -1,12 +1,29 @@
-//! JWT bearer authentication with roles. HS256 with a shared secret for
-//! locally minted tokens (`paynode token`); issuer, audience and expiry are
-//! always checked. Roles come from `roles` or Keycloak's `realm_access.roles`.
+//! JWT bearer authentication with roles.
+//!
+//! Two kinds of tokens are accepted:
+//! - RS256/ES256 (and the other RSA/EC algorithms) signed by a key of the
+//!   identity provider's JWKS (`auth.jwks_url`). The algorithm is taken from
+//!   the key (`kty`, `crv`, `alg`), never from the token: a token whose header
+//!   disagrees with its key is refused. Keys are cached, re-fetched when
+//!   older than `auth.jwks_refresh_secs` and when a token names an unknown
+//!   `kid` (at most once per `auth.jwks_min_refresh_secs`).
+//! - HS256 with the shared `auth.hs256_secret` for locally minted tokens
+//!   (`paynode token`), unless `auth.allow_hs256` is off. JWKS keys are never
+//!   used as HMAC secrets, so a token "signed" with a public key is refused.
+//!
+//! Issuer, audience, expiry (with `auth.leeway_secs`) and `nbf` are always
+//! checked. Roles come from `roles` or Keycloak's `realm_access.roles`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 
 use super::problem::ApiError;
@@ -19,6 +36,7 @@ pub mod role {
     pub const ADMIN: &str = "ADMIN";
 }
 
+/// Claims of a locally minted token.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -38,28 +56,119 @@ pub struct RealmAccess {
     pub roles: Vec<String>,
 }
 
-pub struct Authenticator {
+/// What is read from a verified token. `iss`, `aud` and `exp` are checked by
+/// [`Validation`] on the raw claims (`aud` may be a string or an array).
+#[derive(Debug, Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    realm_access: Option<RealmAccess>,
+}
+
+/// Upper bound on a JWKS document.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// A verification key from the JWKS with the one algorithm it may verify.
+#[derive(Clone)]
+struct JwksKey {
+    algorithm: Algorithm,
     key: DecodingKey,
-    validation: Validation,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    by_kid: HashMap<String, JwksKey>,
+    /// Keys published without a `kid`; used only when the set holds exactly
+    /// one key and the token has no `kid`.
+    anonymous: Vec<JwksKey>,
+    /// Last successful fetch.
+    fetched_at: Option<Instant>,
+    /// Last fetch attempt, successful or not (rate limit).
+    attempted_at: Option<Instant>,
+}
+
+struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    refresh_after: Duration,
+    min_interval: Duration,
+    cache: RwLock<KeyCache>,
+    /// Single flight: one fetch at a time; waiters re-check the cache.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+pub struct Authenticator {
+    /// `None` when HS256 is off or no secret is configured.
+    hs256_key: Option<DecodingKey>,
+    jwks: Option<Jwks>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
 }
 
 impl Authenticator {
     pub fn new(config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        // Only HS256: a token claiming RS256 or `none` is refused outright.
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[&config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = config.leeway_secs;
+        let hs256_key = (config.allow_hs256 && !config.hs256_secret.is_empty())
+            .then(|| DecodingKey::from_secret(config.hs256_secret.as_bytes()));
+        let jwks = config.jwks_url.as_ref().map(|url| Jwks {
+            url: url.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            refresh_after: Duration::from_secs(config.jwks_refresh_secs.max(1)),
+            min_interval: Duration::from_secs(config.jwks_min_refresh_secs),
+            cache: RwLock::new(KeyCache::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        });
         Authenticator {
-            key: DecodingKey::from_secret(config.hs256_secret.as_bytes()),
-            validation,
+            hs256_key,
+            jwks,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway_secs,
         }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let data = decode::<Claims>(token, &self.key, &self.validation)
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        // Exactly one algorithm, the one chosen by the key.
+        validation.algorithms = vec![algorithm];
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
+        validation
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        // `alg: none` and unknown algorithms fail here.
+        let header = decode_header(token)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        let (key, algorithm) = if header.alg == Algorithm::HS256 {
+            let key = self
+                .hs256_key
+                .clone()
+                .ok_or_else(|| ApiError::unauthorized("HS256 tokens are not accepted"))?;
+            (key, Algorithm::HS256)
+        } else {
+            let jwks = self
+                .jwks
+                .as_ref()
+                .ok_or_else(|| ApiError::unauthorized("only HS256 tokens are accepted"))?;
+            let found = jwks.key_for(header.kid.as_deref()).await?;
+            if found.algorithm != header.alg {
+                return Err(ApiError::unauthorized(format!(
+                    "token algorithm {:?} does not match its key ({:?})",
+                    header.alg, found.algorithm
+                )));
+            }
+            (found.key, found.algorithm)
+        };
+        let data = decode::<VerifiedClaims>(token, &key, &self.validation(algorithm))
             .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
         let claims = data.claims;
         let mut roles: HashSet<String> = claims.roles.into_iter().collect();
@@ -70,6 +179,144 @@ impl Authenticator {
             subject: claims.sub,
             roles,
         })
+    }
+}
+
+impl Jwks {
+    /// The key a token names, fetching the set when it is missing, unknown
+    /// or stale (rate-limited).
+    async fn key_for(&self, kid: Option<&str>) -> Result<JwksKey, ApiError> {
+        let (found, stale) = {
+            let cache = self.cache.read().expect("jwks cache lock");
+            let stale = cache
+                .fetched_at
+                .is_none_or(|at| at.elapsed() >= self.refresh_after);
+            (cache.lookup(kid), stale)
+        };
+        if let (Some(key), false) = (&found, stale) {
+            return Ok(key.clone());
+        }
+        // Unknown kid or stale set: try a refresh; a failed refresh keeps
+        // serving the keys already known.
+        self.refresh().await;
+        let cache = self.cache.read().expect("jwks cache lock");
+        cache.lookup(kid).ok_or_else(|| match kid {
+            Some(kid) => ApiError::unauthorized(format!("unknown signing key {kid}")),
+            None => ApiError::unauthorized("token has no kid"),
+        })
+    }
+
+    async fn refresh(&self) {
+        let _flight = self.fetching.lock().await;
+        {
+            let mut cache = self.cache.write().expect("jwks cache lock");
+            if cache
+                .attempted_at
+                .is_some_and(|at| at.elapsed() < self.min_interval)
+            {
+                return;
+            }
+            cache.attempted_at = Some(Instant::now());
+        }
+        match self.fetch().await {
+            Ok((by_kid, anonymous)) => {
+                tracing::info!(url = %self.url, keys = by_kid.len() + anonymous.len(), "JWKS loaded");
+                let mut cache = self.cache.write().expect("jwks cache lock");
+                cache.by_kid = by_kid;
+                cache.anonymous = anonymous;
+                cache.fetched_at = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed"),
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<(HashMap<String, JwksKey>, Vec<JwksKey>)> {
+        let response = self.http.get(&self.url).send().await?.error_for_status()?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            anyhow::bail!("JWKS larger than {MAX_JWKS_BYTES} bytes");
+        }
+        let body = response.bytes().await?;
+        if body.len() > MAX_JWKS_BYTES {
+            anyhow::bail!("JWKS larger than {MAX_JWKS_BYTES} bytes");
+        }
+        #[derive(Deserialize)]
+        struct RawSet {
+            keys: Vec<serde_json::Value>,
+        }
+        let raw: RawSet = serde_json::from_slice(&body)?;
+        let mut by_kid = HashMap::new();
+        let mut anonymous = Vec::new();
+        // One unusable key (an encryption key, an unknown type) must not
+        // make the whole set unusable: such keys are skipped.
+        for value in raw.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                continue;
+            };
+            let Some(key) = verification_key(&jwk) else {
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    by_kid.insert(kid.clone(), key);
+                }
+                None => anonymous.push(key),
+            }
+        }
+        Ok((by_kid, anonymous))
+    }
+}
+
+impl KeyCache {
+    fn lookup(&self, kid: Option<&str>) -> Option<JwksKey> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).cloned(),
+            None if self.by_kid.len() + self.anonymous.len() == 1 => self
+                .anonymous
+                .first()
+                .or_else(|| self.by_kid.values().next())
+                .cloned(),
+            None => None,
+        }
+    }
+}
+
+/// The verification key and its single algorithm, for signature keys of
+/// type RSA or EC. Symmetric (`oct`) keys are never accepted from a JWKS.
+fn verification_key(jwk: &Jwk) -> Option<JwksKey> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return None;
+    }
+    let declared = jwk.common.key_algorithm;
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let algorithm = match declared {
+                None | Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+                Some(KeyAlgorithm::RS384) => Algorithm::RS384,
+                Some(KeyAlgorithm::RS512) => Algorithm::RS512,
+                Some(KeyAlgorithm::PS256) => Algorithm::PS256,
+                Some(KeyAlgorithm::PS384) => Algorithm::PS384,
+                Some(KeyAlgorithm::PS512) => Algorithm::PS512,
+                Some(_) => return None,
+            };
+            let key = DecodingKey::from_rsa_components(&rsa.n, &rsa.e).ok()?;
+            Some(JwksKey { algorithm, key })
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let algorithm = match (&ec.curve, declared) {
+                (EllipticCurve::P256, None | Some(KeyAlgorithm::ES256)) => Algorithm::ES256,
+                (EllipticCurve::P384, None | Some(KeyAlgorithm::ES384)) => Algorithm::ES384,
+                _ => return None,
+            };
+            let key = DecodingKey::from_ec_components(&ec.x, &ec.y).ok()?;
+            Some(JwksKey { algorithm, key })
+        }
+        AlgorithmParameters::OctetKey(_) | AlgorithmParameters::OctetKeyPair(_) => None,
     }
 }
 
@@ -130,6 +377,6 @@ impl FromRequestParts<AppState> for Principal {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| ApiError::unauthorized("Authorization must be a Bearer token"))?;
-        state.auth.verify(token.trim())
+        state.auth.verify(token.trim()).await
     }
 }

@@ -123,6 +123,9 @@ impl Runtime {
         // ~11 µs per call for a small component.
         pool.linear_memory_keep_resident(2 * 1024 * 1024);
         pool.table_keep_resident(64 * 1024);
+        // Reset only pages that are actually resident (Linux >= 6.7; falls
+        // back to a full reset elsewhere).
+        pool.pagemap_scan(wasmtime::Enabled::Auto);
 
         let mut config = Config::new();
         config.consume_fuel(true);
