@@ -14,17 +14,17 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::stage_loop::{order_id_of, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{park_order, Decision, Failure, Inbound, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::rules::paynode::posting_rules::types as wit;
 use crate::components::invariants::{check_journals, PostingScope};
-use crate::components::{PluginError, Slot};
+use crate::components::Slot;
 use crate::domain::events::{
     event_type, Envelope, FinalStatus, LedgerEntriesRecorded, OrderFinalized, RecordedJournal,
     RecordedPosting,
 };
 use crate::kafka::topic;
-use crate::store::{ledger, orders};
+use crate::store::ledger;
 
 pub struct LedgerRecordingConsumer {
     ctx: PipelineContext,
@@ -44,7 +44,7 @@ impl LedgerRecordingConsumer {
             .ctx
             .registry
             .active(Slot::PostingRules)
-            .map_err(rule_failure)?;
+            .map_err(Failure::from)?;
         let order = wit::FinalizedOrder {
             payment_order_id: finalized.order.payment_order_id.to_string(),
             payment_id: finalized.order.payment_id.to_string(),
@@ -71,7 +71,7 @@ impl LedgerRecordingConsumer {
             .post(&active.loaded, &env, &active.config, &order)
             .await;
         crate::metrics::component_call(Slot::PostingRules.as_str(), started, result.as_ref().err());
-        let entries = match result.map_err(rule_failure)?.0 {
+        let entries = match result.map_err(Failure::from)?.0 {
             Ok(entries) => entries,
             Err(rule_error) => {
                 return Err(Failure::Poison {
@@ -86,7 +86,7 @@ impl LedgerRecordingConsumer {
         };
         if let Err(violation) = check_journals(&entries, &scope) {
             crate::metrics::component_failure(Slot::PostingRules.as_str(), violation.class());
-            return Err(rule_failure(violation));
+            return Err(Failure::from(violation));
         }
         let order_id = finalized.order.payment_order_id;
         let journals = entries
@@ -125,16 +125,6 @@ pub fn journal_id(order_id: uuid::Uuid, kind: &str, key: &str) -> String {
         format!("{kind}:{order_id}")
     } else {
         format!("{kind}:{order_id}:{key}")
-    }
-}
-
-fn rule_failure(error: PluginError) -> Failure {
-    match error {
-        PluginError::Unavailable(_) => Failure::Retryable(error.into()),
-        other => Failure::Poison {
-            class: other.class(),
-            message: other.to_string(),
-        },
     }
 }
 
@@ -180,9 +170,6 @@ impl Stage for LedgerRecordingConsumer {
     ) -> anyhow::Result<()> {
         // A succeeded order whose ledger recording failed is parked too, so
         // it shows up for review; its PSP state is final already.
-        if let Some(order_id) = order_id_of(record, envelope) {
-            orders::park(&self.ctx.pool, order_id, reason).await?;
-        }
-        Ok(())
+        park_order(&self.ctx.pool, record, envelope, reason).await
     }
 }

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::stage_loop::{order_id_of, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{park_order, Decision, Failure, Inbound, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
-use crate::components::{Loaded, PluginError, Slot};
+use crate::components::{Loaded, Slot};
 use crate::domain::events::{event_type, Envelope, PspCallRequested, PspResultUpdated};
 use crate::domain::payment::{OrderStatus, OutcomeKind, PspOutcome};
 use crate::kafka::{header, topic};
@@ -46,7 +46,7 @@ impl PaymentOrderPspCallExecutor {
             .ctx
             .registry
             .active(Slot::PspAdapter)
-            .map_err(plugin_failure)?;
+            .map_err(Failure::from)?;
         if parked {
             orders::repin_adapter(&self.ctx.pool, order_id, &active.loaded.sha256).await?;
         }
@@ -60,7 +60,7 @@ impl PaymentOrderPspCallExecutor {
                 .registry
                 .by_sha(Slot::PspAdapter, &pinned)
                 .await
-                .map_err(plugin_failure)?
+                .map_err(Failure::from)?
         };
         Ok((loaded, active.config.clone()))
     }
@@ -89,7 +89,7 @@ impl PaymentOrderPspCallExecutor {
                 started,
                 result.as_ref().err(),
             );
-            result.map_err(plugin_failure)?.0
+            result.map_err(Failure::from)?.0
         };
         let mut settled_by_status = false;
         let psp = &self.ctx.config.psp;
@@ -138,17 +138,6 @@ fn from_row(row: &AttemptRow) -> Option<PspOutcome> {
         message: row.message.clone(),
         psp_reference: row.psp_reference.clone(),
     })
-}
-
-/// A component failure parks the order (DLQ); a busy runtime is retried.
-fn plugin_failure(error: PluginError) -> Failure {
-    match error {
-        PluginError::Unavailable(_) => Failure::Retryable(error.into()),
-        other => Failure::Poison {
-            class: other.class(),
-            message: other.to_string(),
-        },
-    }
 }
 
 fn charge_request(order: &OrderRow, attempt: u32) -> wit::ChargeRequest {
@@ -323,9 +312,6 @@ impl Stage for PaymentOrderPspCallExecutor {
         envelope: Option<&Envelope>,
         reason: &str,
     ) -> anyhow::Result<()> {
-        if let Some(order_id) = order_id_of(record, envelope) {
-            orders::park(&self.ctx.pool, order_id, reason).await?;
-        }
-        Ok(())
+        park_order(&self.ctx.pool, record, envelope, reason).await
     }
 }

@@ -17,10 +17,10 @@ use async_trait::async_trait;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use super::stage_loop::{order_id_of, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{park_order, Decision, Failure, Inbound, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
-use crate::components::{PluginError, Slot};
+use crate::components::Slot;
 use crate::domain::events::{
     event_type, Envelope, FinalStatus, OrderFinalized, PspCallRequested, PspResultUpdated,
 };
@@ -92,7 +92,7 @@ impl PaymentOrderPspResultApplier {
             .ctx
             .registry
             .active(Slot::RetryPolicy)
-            .map_err(policy_failure)?;
+            .map_err(Failure::from)?;
         let context = wit::RetryContext {
             payment_order_id: result.order.payment_order_id.to_string(),
             attempt: result.attempt,
@@ -109,7 +109,7 @@ impl PaymentOrderPspResultApplier {
             .decide(&active.loaded, &env, &active.config, &context)
             .await;
         crate::metrics::component_call(Slot::RetryPolicy.as_str(), started, decided.as_ref().err());
-        Ok(match decided.map_err(policy_failure)?.0 {
+        Ok(match decided.map_err(Failure::from)?.0 {
             wit::Decision::RetryAfter(ms) => {
                 Next::RetryAfterMs(ms.min(self.ctx.config.retry.max_delay_ms))
             }
@@ -129,16 +129,6 @@ fn random_from(envelope: &Envelope) -> u64 {
 
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
-}
-
-fn policy_failure(error: PluginError) -> Failure {
-    match error {
-        PluginError::Unavailable(_) => Failure::Retryable(error.into()),
-        other => Failure::Poison {
-            class: other.class(),
-            message: other.to_string(),
-        },
-    }
 }
 
 fn finalized_event(
@@ -262,10 +252,7 @@ impl Stage for PaymentOrderPspResultApplier {
         envelope: Option<&Envelope>,
         reason: &str,
     ) -> anyhow::Result<()> {
-        if let Some(order_id) = order_id_of(record, envelope) {
-            orders::park(&self.ctx.pool, order_id, reason).await?;
-        }
-        Ok(())
+        park_order(&self.ctx.pool, record, envelope, reason).await
     }
 }
 

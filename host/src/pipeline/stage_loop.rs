@@ -70,6 +70,33 @@ pub enum Failure {
     Retryable(anyhow::Error),
 }
 
+/// A component failure is the record's problem (DLQ), unless the runtime
+/// is only busy, which a retry of the batch fixes.
+impl From<crate::components::PluginError> for Failure {
+    fn from(error: crate::components::PluginError) -> Self {
+        match error {
+            crate::components::PluginError::Unavailable(_) => Failure::Retryable(error.into()),
+            other => Failure::Poison {
+                class: other.class(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `on_poison` of the payment-order stages: the order becomes PARKED.
+pub async fn park_order(
+    pool: &sqlx::PgPool,
+    record: &Inbound,
+    envelope: Option<&Envelope>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    if let Some(order_id) = order_id_of(record, envelope) {
+        crate::store::orders::park(pool, order_id, reason).await?;
+    }
+    Ok(())
+}
+
 impl From<sqlx::Error> for Failure {
     fn from(error: sqlx::Error) -> Self {
         Failure::Retryable(error.into())
