@@ -27,6 +27,9 @@ done
 
 echo "== tests"
 cargo test
+# The reference components' pure logic, natively (the same code the
+# fixtures above exercise as components).
+cargo test -q -p psp-simulator -p psp-stripe -p retry-equal-jitter -p ledger-marketplace
 
 echo "== API fuzzing (schemathesis against the served OpenAPI document)"
 bash scripts/schemathesis.sh
