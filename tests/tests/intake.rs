@@ -106,6 +106,20 @@ async fn bad_requests_get_a_problem_and_write_nothing() {
         assert_eq!(problem["status"], status, "{problem}");
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
+    // An oversized body is refused before parsing, as a problem too.
+    let huge = format!("{{\"buyerId\":\"{}\"}}", "x".repeat(200 * 1024));
+    let response = node
+        .http
+        .post(format!("{}/api/v1/payments", node.base))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "k-huge")
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     // Missing Idempotency-Key is a 400 too.
     let response = node
         .http

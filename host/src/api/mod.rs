@@ -11,7 +11,7 @@ pub mod problem;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::balance_cache::BalanceCache;
@@ -38,6 +37,9 @@ pub struct AppState {
     pub balance_cache: BalanceCache,
 }
 
+/// Component uploads (base64 wasm + fixtures) get a larger body limit.
+const MAX_UPLOAD_BYTES: usize = 16 * 1024 * 1024;
+
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit_bytes;
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
@@ -50,7 +52,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/api/v1/admin/plugins",
-            get(admin::list_plugins).post(admin::push_plugin),
+            get(admin::list_plugins)
+                .post(admin::push_plugin)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
         )
         .route(
             "/api/v1/admin/plugins/{slot}/activate",
@@ -70,7 +74,8 @@ pub fn app(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn(track))
-        .layer(RequestBodyLimitLayer::new(body_limit))
+        // Enforced by the body extractors, so an oversized body is a 413 problem+json.
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
