@@ -119,7 +119,10 @@ async fn bad_requests_get_a_problem_and_write_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 413);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     // Missing Idempotency-Key is a 400 too.
     let response = node
         .http
