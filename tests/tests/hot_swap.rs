@@ -115,7 +115,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
     let switch = wait_switched(&[&a, &b], &v2).await;
     println!("activate: all nodes on v2 after {:?} (notify)", switch);
     let after_activate = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 2. rollback to v1
     let previous = plugins::previous(&a.pool, "psp-adapter")
@@ -136,13 +136,16 @@ async fn activation_and_rollback_reach_every_node_under_load() {
     let switch = wait_switched(&[&a, &b], &v1).await;
     println!("rollback: all nodes on v1 after {:?} (notify)", switch);
     let after_rollback = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 3. kill the LISTEN connections and activate without NOTIFY: polling only.
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
         .execute(&a.pool)
         .await
         .unwrap();
+    // Let the nodes notice the loss (they refresh once then) before the
+    // NOTIFY-less activation, so only the poll timer can pick it up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     sqlx::query("INSERT INTO plugin_activations (slot, sha256, config, action, activated_by) VALUES ('psp-adapter', $1, $2, 'activate', 'test')")
         .bind(&v2)
         .bind(&config)
@@ -155,7 +158,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
         switch
     );
     let after_poll = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     running.store(false, Ordering::SeqCst);
     let ids = sender.await.unwrap();
     println!(

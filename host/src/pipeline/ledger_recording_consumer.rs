@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::stage_loop::{park_order, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{Decision, Failure, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::rules::paynode::posting_rules::types as wit;
 use crate::components::invariants::{check_journals, PostingScope};
@@ -160,16 +160,5 @@ impl Stage for LedgerRecordingConsumer {
         let recorded = ledger::record(&self.ctx.pool, &recorded, &envelope.trace_id).await?;
         tracing::info!(journals = recorded.journals.len(), rule = %recorded.rule_sha256, "ledger entries recorded");
         Ok(vec![recorded_event(envelope, &recorded)])
-    }
-
-    async fn on_poison(
-        &self,
-        record: &Inbound,
-        envelope: Option<&Envelope>,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        // A succeeded order whose ledger recording failed is parked too, so
-        // it shows up for review; its PSP state is final already.
-        park_order(&self.ctx.pool, record, envelope, reason).await
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::stage_loop::{park_order, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{Decision, Failure, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::{Loaded, Slot};
@@ -304,14 +304,5 @@ impl Stage for PaymentOrderPspCallExecutor {
             &row.component_sha256,
             row.settled_by_status,
         )])
-    }
-
-    async fn on_poison(
-        &self,
-        record: &Inbound,
-        envelope: Option<&Envelope>,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        park_order(&self.ctx.pool, record, envelope, reason).await
     }
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use super::stage_loop::{park_order, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{Decision, Failure, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
 use crate::components::Slot;
@@ -244,15 +244,6 @@ impl Stage for PaymentOrderPspResultApplier {
                 Ok(Vec::new())
             }
         }
-    }
-
-    async fn on_poison(
-        &self,
-        record: &Inbound,
-        envelope: Option<&Envelope>,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        park_order(&self.ctx.pool, record, envelope, reason).await
     }
 }
 

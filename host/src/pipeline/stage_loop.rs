@@ -4,7 +4,9 @@
 //!
 //! A batch is bounded by count and time. A retryable failure (database or
 //! broker trouble) aborts the whole batch and rewinds the consumer; a poison
-//! message goes to `<topic>.DLQ` inside the same transaction. Because every
+//! message goes to `<topic>.DLQ` inside the same transaction and its payment
+//! order is parked. A batch that produces nothing commits its offsets with a
+//! plain consumer commit: there is nothing to make atomic. Because every
 //! decision is idempotent and every event id deterministic, a replayed batch
 //! re-produces the same events and changes nothing else.
 
@@ -84,7 +86,8 @@ impl From<crate::components::PluginError> for Failure {
     }
 }
 
-/// `on_poison` of the payment-order stages: the order becomes PARKED.
+/// A dead-lettered record's payment order becomes PARKED (final orders stay
+/// final), so it is visible until `dlq replay` resumes it.
 pub async fn park_order(
     pool: &sqlx::PgPool,
     record: &Inbound,
@@ -149,16 +152,6 @@ pub trait Stage: Send + Sync + 'static {
             .into_iter()
             .map(|d| d.expect("every record decided"))
             .collect()
-    }
-
-    /// Called when a record goes to the DLQ (e.g. to park its order).
-    async fn on_poison(
-        &self,
-        _record: &Inbound,
-        _envelope: Option<&Envelope>,
-        _reason: &str,
-    ) -> anyhow::Result<()> {
-        Ok(())
     }
 }
 
@@ -533,8 +526,9 @@ async fn commit_batch<S: Stage>(
                 let envelope = decode(record).ok();
                 tracing::error!(stage = stage.name(), topic = %record.topic, offset = record.offset, class, %message, "poison message to DLQ");
                 crate::metrics::dlq(stage.name(), stage.input_topic(), class);
-                if let Err(error) = stage.on_poison(record, envelope.as_ref(), &message).await {
-                    return Err(abort(format!("on_poison: {error:#}")));
+                if let Err(error) = park_order(&ctx.pool, record, envelope.as_ref(), &message).await
+                {
+                    return Err(abort(format!("parking the order: {error:#}")));
                 }
                 send_to_dlq(producer, names, stage.name(), record, class, &message)
             }
