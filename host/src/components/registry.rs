@@ -36,6 +36,8 @@ pub struct Registry {
     /// Every version loaded so far, by sha (orders pin adapter versions).
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     http_client: reqwest::Client,
+    /// Shared once, not copied per call.
+    secrets: Arc<BTreeMap<String, String>>,
     /// Adapter HTTP requests refused by the allow-list.
     pub refused_requests: Arc<AtomicU64>,
 }
@@ -50,6 +52,7 @@ fn index(slot: Slot) -> usize {
 
 impl Registry {
     pub fn new(runtime: Arc<Runtime>, pool: PgPool, config: Arc<Config>) -> Arc<Registry> {
+        let secrets = Arc::new(config.secrets.clone());
         Arc::new(Registry {
             runtime,
             pool,
@@ -61,6 +64,7 @@ impl Registry {
                 .build()
                 .expect("reqwest client"),
             refused_requests: Arc::new(AtomicU64::new(0)),
+            secrets,
         })
     }
 
@@ -84,7 +88,7 @@ impl Registry {
             allow_hosts: slot_config.allow_hosts.clone(),
             timeout: Duration::from_millis(slot_config.http_timeout_ms),
             max_response_bytes: slot_config.http_max_response_bytes,
-            secrets: Arc::new(self.config.secrets.clone()),
+            secrets: self.secrets.clone(),
             refused: self.refused_requests.clone(),
         });
         CallEnv {

@@ -245,7 +245,9 @@ pub async fn collect(
 }
 
 /// Moves the consumer back to the first record of the batch per partition.
-pub fn rewind(consumer: &StageConsumer, batch: &[Inbound]) {
+/// Returns false if a partition could not be rewound: the caller must then
+/// rebuild the consumer, or the batch's records would be skipped.
+pub fn rewind(consumer: &StageConsumer, batch: &[Inbound]) -> bool {
     let mut first: HashMap<(&str, i32), i64> = HashMap::new();
     for record in batch {
         let entry = first
@@ -260,9 +262,11 @@ pub fn rewind(consumer: &StageConsumer, batch: &[Inbound]) {
             Offset::Offset(offset),
             Duration::from_secs(5),
         ) {
-            tracing::debug!(%error, topic, partition, "seek after abort failed (partition revoked?)");
+            tracing::warn!(%error, topic, partition, "seek after abort failed; rebuilding the consumer");
+            return false;
         }
     }
+    true
 }
 
 /// Offsets to commit: last offset + 1 per partition.
@@ -417,11 +421,8 @@ pub async fn run<S: Stage>(
     let names = ctx.names.clone();
     let kafka = &ctx.config.kafka;
     let input = names.topic(stage.input_topic());
-    let consumer = consumer(
-        &ctx,
-        &names.group(stage.name()),
-        std::slice::from_ref(&input),
-    )?;
+    let group = names.group(stage.name());
+    let mut consumer = consumer(&ctx, &group, std::slice::from_ref(&input))?;
     let txid = names.transactional_id(stage.name(), &ctx.config.stages.instance_id, worker);
     let producer = kafka::transactional_producer(kafka, &txid)?;
     let timeout = Duration::from_secs(30);
@@ -445,7 +446,10 @@ pub async fn run<S: Stage>(
         }) {
             tracing::warn!(stage = stage.name(), error = %format!("{error:#}"), "batch failed; rewinding");
             crate::metrics::stage_batch(stage.name(), "retry", batch.len(), started);
-            rewind(&consumer, &batch);
+            if !rewind(&consumer, &batch) {
+                drop(consumer);
+                consumer = self::consumer(&ctx, &group, std::slice::from_ref(&input))?;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
@@ -465,7 +469,14 @@ pub async fn run<S: Stage>(
             Err(CommitError::Aborted(reason)) => {
                 tracing::warn!(stage = stage.name(), %reason, "transaction aborted; rewinding");
                 crate::metrics::stage_batch(stage.name(), "aborted", batch.len(), started);
-                rewind(&consumer, &batch);
+                // After a revocation the positions are the group's business:
+                // a fresh consumer resumes from the committed offsets, which
+                // a seek on a half-reassigned partition cannot guarantee.
+                let revoked = consumer.context().revoked.load(Ordering::SeqCst);
+                if revoked || !rewind(&consumer, &batch) {
+                    drop(consumer);
+                    consumer = self::consumer(&ctx, &group, std::slice::from_ref(&input))?;
+                }
             }
         }
     }
