@@ -153,7 +153,11 @@ async fn redelivered_records_change_nothing() {
     let mut resent = 0;
     for base in TOPICS {
         let topic = node.topic(base);
-        let records = read_topic(&brokers(), &topic);
+        let records = read_topic_until(&brokers(), &topic, |records| {
+            records
+                .iter()
+                .any(|r| r.value["data"].to_string().contains(&order))
+        });
         let mine: Vec<&Record> = records
             .iter()
             .filter(|r| r.value["data"].to_string().contains(&order))
