@@ -200,11 +200,11 @@ async fn activation_and_rollback_reach_every_node_under_load() {
         0
     );
 
-    // Every phase: no node claimed an attempt with another version than the
-    // one then active (after a 1 s grace for batches already in flight), and
-    // the phase did make calls. Which node owns which partition can shift in
-    // a rebalance, so per-node presence is checked over the run: each node
-    // made calls with the new version.
+    // Every phase made calls with the version then active. An order keeps
+    // the adapter it was pinned to at its first call, and a busy executor
+    // can pin an order a while before it claims the attempt, so calls with
+    // the previous version may trail a switch: they are counted, and the
+    // pin is checked exactly below.
     let done = chrono::Utc::now();
     let phases = [
         (after_activate, after_rollback, &v2),
@@ -212,27 +212,24 @@ async fn activation_and_rollback_reach_every_node_under_load() {
         (after_poll, done, &v2),
     ];
     for (from, to, sha) in phases {
-        let mut made = 0;
-        for node in ["node-a", "node-b"] {
-            let (right, wrong): (i64, i64) = sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE component_sha256 = $4), count(*) FILTER (WHERE component_sha256 <> $4)
-                 FROM psp_attempts WHERE node_id = $1 AND claimed_at > $2 + interval '1 second' AND claimed_at < $3",
-            )
-            .bind(node)
-            .bind(from)
-            .bind(to)
-            .bind(sha)
-            .fetch_one(&a.pool)
-            .await
-            .unwrap();
-            assert_eq!(
-                wrong, 0,
-                "{node} between {from} and {to}: {wrong} attempts with another version than {sha}"
-            );
-            made += right;
-        }
-        assert!(made > 0, "no attempts between {from} and {to}");
+        let (right, trailing): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE component_sha256 = $3), count(*) FILTER (WHERE component_sha256 <> $3)
+             FROM psp_attempts WHERE claimed_at > $1 AND claimed_at < $2",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(sha)
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        println!("phase {from}..{to}: {right} calls with {}, {trailing} trailing on the previous version", &sha[..8]);
+        assert!(right > 0, "no calls with {sha} between {from} and {to}");
     }
+    assert_eq!(
+        a.scalar("SELECT count(*) FROM psp_attempts a JOIN payment_orders o USING (payment_order_id) WHERE a.component_sha256 <> o.adapter_sha256").await,
+        0,
+        "an attempt used another adapter than its order's pinned one"
+    );
     for node in ["node-a", "node-b"] {
         let with_v2: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM psp_attempts WHERE node_id = $1 AND component_sha256 = $2",

@@ -102,7 +102,7 @@ pub async fn checks(pool: &PgPool, outbox_age_secs: i64) -> anyhow::Result<Vec<C
         name: "no order stuck",
         breaches: count(
             "SELECT count(*) FROM payment_orders WHERE status IN ('INITIATED', 'PENDING')
-               AND coalesce(next_retry_at, updated_at) < now() - interval '10 minutes'",
+               AND coalesce(next_retry_at, created_at) < now() - interval '10 minutes'",
         )
         .await?,
         detail: "non-final orders idle past their retry horizon (10 min)".into(),

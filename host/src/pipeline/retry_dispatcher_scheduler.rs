@@ -61,6 +61,9 @@ pub async fn run(
             if let Err(error) = sweep(&ctx).await {
                 tracing::warn!(error = %format!("{error:#}"), "retry sweep failed");
             }
+            if let Err(error) = resend_stranded(&ctx).await {
+                tracing::warn!(error = %format!("{error:#}"), "stranded-order sweep failed");
+            }
         }
         if let Ok(size) = ctx.retry_queue.size().await {
             crate::metrics::retry_queue_size(size);
@@ -114,6 +117,43 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
         crate::metrics::retry_event("processed");
     }
     Ok(due.len())
+}
+
+/// An order still INITIATED this long after its last change, with its
+/// created event already sent, never reached the PSP stage (the broker lost
+/// or skipped the event).
+const STRANDED_AFTER_SECS: f64 = 30.0;
+
+/// Re-publishes the created event (same deterministic id) of stranded
+/// orders through the outbox; the executor's attempt claim makes a
+/// duplicate harmless.
+async fn resend_stranded(ctx: &PipelineContext) -> anyhow::Result<()> {
+    let stranded = orders::stranded_initiated(&ctx.pool, STRANDED_AFTER_SECS, 500).await?;
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let mut events = Vec::with_capacity(stranded.len());
+    for (order, trace_id) in &stranded {
+        let key = order.payment_order_id.to_string();
+        tracing::warn!(order_id = %key, "order stranded before its first PSP call; re-publishing its created event");
+        events.push((
+            key.clone(),
+            Envelope::new(
+                event_type::PAYMENT_ORDER_CREATED,
+                &key,
+                0,
+                trace_id,
+                None,
+                order,
+            ),
+        ));
+    }
+    crate::store::outbox::append(&mut tx, topic::PAYMENT_ORDER_CREATED, &events).await?;
+    let ids: Vec<uuid::Uuid> = stranded.iter().map(|(o, _)| o.payment_order_id).collect();
+    orders::touch(&mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Re-adds overdue retries that Redis no longer holds (Redis lost data).

@@ -161,3 +161,49 @@ pub async fn due_retries(
     .fetch_all(pool)
     .await
 }
+
+/// INITIATED orders untouched for `age_secs` whose created event was sent
+/// (none waits in the outbox), with their payment's trace id.
+pub async fn stranded_initiated(
+    pool: &PgPool,
+    age_secs: f64,
+    limit: i64,
+) -> sqlx::Result<Vec<(crate::domain::events::OrderRef, String)>> {
+    let rows: Vec<(Uuid, Uuid, String, i64, String, String)> = sqlx::query_as(
+        "SELECT o.payment_order_id, o.payment_id, o.seller_id, o.amount_minor, o.currency::text, p.trace_id
+         FROM payment_orders o JOIN payments p USING (payment_id)
+         WHERE o.status = 'INITIATED' AND o.updated_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM outbox_event e WHERE e.status = 'NEW' AND e.message_key = o.payment_order_id::text)
+         ORDER BY o.updated_at LIMIT $2",
+    )
+    .bind(age_secs)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(payment_order_id, payment_id, seller_id, amount, currency, trace_id)| {
+                let order = crate::domain::events::OrderRef {
+                    payment_order_id,
+                    payment_id,
+                    seller_id,
+                    amount: crate::domain::money::Money::new(amount, &currency),
+                };
+                (order, trace_id)
+            },
+        )
+        .collect())
+}
+
+/// Marks orders as just handled (the stranded sweep waits again before a resend).
+pub async fn touch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ids: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE payment_orders SET updated_at = now() WHERE payment_order_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
