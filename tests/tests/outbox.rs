@@ -54,12 +54,13 @@ async fn partitions_are_maintained_and_two_workers_publish_each_row_once() {
         .await
         .unwrap();
     }
-    let (_, dropped) = paynode::store::outbox::maintain_partitions(&node.pool, 180, 60)
+    paynode::store::outbox::maintain_partitions(&node.pool, 180, 60)
         .await
         .unwrap();
     let now = partitions(&node).await;
     assert!(
-        dropped >= 1 && !now.contains(&"outbox_event_p20200101_0000".to_string()),
+        // The node's own maintenance may have dropped it first.
+        !now.contains(&"outbox_event_p20200101_0000".to_string()),
         "{now:?}"
     );
 
