@@ -43,6 +43,32 @@ async fn wait_switched(nodes: &[&TestNode], sha: &str) -> Duration {
     started.elapsed()
 }
 
+/// Holds a phase open for at least 3 s and until `sha` has made calls since
+/// `since`: a consumer-group rebalance can pause the PSP stage for seconds,
+/// and a phase must not end before the new version had its chance to serve.
+async fn hold_phase(node: &TestNode, sha: &str, since: chrono::DateTime<chrono::Utc>) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let calls: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM psp_attempts WHERE component_sha256 = $1 AND claimed_at > $2",
+        )
+        .bind(sha)
+        .bind(since)
+        .fetch_one(&node.pool)
+        .await
+        .unwrap();
+        if calls >= 20 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {calls} calls with {sha} in the 30 s after it was activated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn activation_and_rollback_reach_every_node_under_load() {
     let mut config_a = test_config().await;
@@ -115,7 +141,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
     let switch = wait_switched(&[&a, &b], &v2).await;
     println!("activate: all nodes on v2 after {:?} (notify)", switch);
     let after_activate = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    hold_phase(&a, &v2, after_activate).await;
 
     // 2. rollback to v1
     let previous = plugins::previous(&a.pool, "psp-adapter")
@@ -136,7 +162,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
     let switch = wait_switched(&[&a, &b], &v1).await;
     println!("rollback: all nodes on v1 after {:?} (notify)", switch);
     let after_rollback = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    hold_phase(&a, &v1, after_rollback).await;
 
     // 3. kill the LISTEN connections and activate without NOTIFY: polling only.
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
@@ -158,7 +184,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
         switch
     );
     let after_poll = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    hold_phase(&a, &v2, after_poll).await;
     running.store(false, Ordering::SeqCst);
     let ids = sender.await.unwrap();
     println!(

@@ -19,7 +19,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::balance_cache::BalanceCache;
 use crate::components::registry::Registry;
@@ -76,10 +75,7 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(track))
         // Enforced by the body extractors, so an oversized body is a 413 problem+json.
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
+        .layer(axum::middleware::from_fn_with_state(timeout, deadline))
         .with_state(state)
 }
 
@@ -99,6 +95,23 @@ async fn ready(State(state): State<AppState>) -> Response {
             format!("database: {db}, components loaded: {components}"),
         )
         .into_response()
+    }
+}
+
+/// A request past its deadline is dropped (its database transaction rolls
+/// back with it) and answered 503 problem+json, like every other error.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request-timeout",
+            format!(
+                "no answer within {} ms; nothing was stored",
+                timeout.as_millis()
+            ),
+        )
+        .into_response(),
     }
 }
 

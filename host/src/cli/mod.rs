@@ -4,6 +4,7 @@ pub mod demo;
 pub mod dlq;
 pub mod plugin;
 pub mod reconcile;
+pub mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,25 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a candidate posting-rules component over recorded orders and
+    /// print how its journals differ from the ledger's (writes nothing).
+    /// Exits non-zero if the candidate fails or breaks an invariant on any order.
+    Replay {
+        /// The candidate `.wasm` (posting-rules slot).
+        component: PathBuf,
+        /// Guest configuration, repeatable: --set key=value
+        #[arg(long = "set", value_parser = plugin::parse_pair)]
+        config: Vec<(String, String)>,
+        /// The most recent recordings to replay.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also exit non-zero when any order's journals would change.
+        #[arg(long)]
+        fail_on_change: bool,
     },
     /// Inspect and replay dead-lettered messages.
     #[command(subcommand)]
@@ -120,6 +140,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             outbox_age_secs,
             json,
         } => reconcile::run(&config, outbox_age_secs, json).await,
+        Command::Replay {
+            component,
+            config: pairs,
+            limit,
+            json,
+            fail_on_change,
+        } => {
+            let options = replay::Options {
+                component: &component,
+                config: pairs,
+                limit,
+                json,
+                fail_on_change,
+            };
+            replay::run(&config, options).await
+        }
         Command::Dlq(command) => dlq::run(&config, command).await,
         Command::Demo {
             url,

@@ -139,7 +139,7 @@ pub fn scaffold(slot: Slot, name: &str, parent: &Path) -> anyhow::Result<PathBuf
     Ok(dir)
 }
 
-fn parse_pair(text: &str) -> Result<(String, String), String> {
+pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, got {text:?}"))

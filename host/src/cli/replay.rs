@@ -1,0 +1,294 @@
+//! `paynode replay`: runs a candidate posting-rules component over the
+//! finalized orders the ledger has recorded and diffs its journals against
+//! what was posted. Nothing is written; this is what an operator reads
+//! before `plugin activate`.
+//!
+//! The candidate gets the same input and the same host invariant checks as
+//! in the LedgerRecordingConsumer, so "rejected" here means "would be
+//! dead-lettered there".
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::components::invariants::{check_journals, PostingScope};
+use crate::components::runtime::{CallEnv, Limits};
+use crate::components::{Loaded, Runtime, Slot};
+use crate::config::Config;
+use crate::domain::events::{
+    FinalStatus, LedgerEntriesRecorded, OrderFinalized, OrderRef, RecordedJournal,
+};
+use crate::domain::money::Money;
+use crate::pipeline::ledger_recording_consumer::{recorded_journals, rule_input};
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// The candidate posts exactly what the ledger holds.
+    Same,
+    /// Valid journals, but different ones.
+    Changed,
+    /// The candidate failed or broke a host invariant: in production this
+    /// order's event would go to the DLQ.
+    Rejected,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderDiff {
+    pub payment_order_id: Uuid,
+    pub verdict: Verdict,
+    /// Posting lines only the ledger has (`journal account side amount`).
+    pub removed: Vec<String>,
+    /// Posting lines only the candidate produces.
+    pub added: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayReport {
+    pub candidate: String,
+    pub sha256: String,
+    pub orders: usize,
+    pub same: usize,
+    pub changed: usize,
+    pub rejected: usize,
+    /// Orders whose verdict is not `Same`.
+    pub diffs: Vec<OrderDiff>,
+}
+
+impl ReplayReport {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "replay of {} (sha256 {}) over {} recorded orders: {} same, {} changed, {} rejected\n",
+            self.candidate,
+            &self.sha256[..16.min(self.sha256.len())],
+            self.orders,
+            self.same,
+            self.changed,
+            self.rejected
+        );
+        for diff in &self.diffs {
+            out.push_str(&format!("{} {:?}\n", diff.payment_order_id, diff.verdict));
+            if let Some(error) = &diff.error {
+                out.push_str(&format!("    ! {error}\n"));
+            }
+            for line in &diff.removed {
+                out.push_str(&format!("    - {line}\n"));
+            }
+            for line in &diff.added {
+                out.push_str(&format!("    + {line}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// One posting per line, sorted: a journal set compares as a set of lines.
+fn lines(journals: &[RecordedJournal]) -> BTreeSet<String> {
+    journals
+        .iter()
+        .flat_map(|j| {
+            j.postings.iter().map(move |p| {
+                format!(
+                    "{} {} {} {} {}",
+                    j.journal_id, p.account, p.side, p.amount_minor, j.currency
+                )
+            })
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct Recorded {
+    payment_order_id: Uuid,
+    payment_id: Uuid,
+    seller_id: String,
+    amount_minor: i64,
+    currency: String,
+    status: String,
+    psp_reference: Option<String>,
+    final_attempt: Option<i32>,
+    failure_reason: Option<String>,
+    recorded_event: serde_json::Value,
+}
+
+async fn recorded_orders(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Recorded>> {
+    sqlx::query_as(
+        "SELECT o.payment_order_id, o.payment_id, o.seller_id, o.amount_minor, o.currency, o.status,
+                o.psp_reference, o.final_attempt, o.failure_reason, r.recorded_event
+         FROM ledger_recordings r JOIN payment_orders o USING (payment_order_id)
+         WHERE o.status IN ('SUCCEEDED', 'FAILED')
+         ORDER BY r.created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+async fn judge(
+    runtime: &Runtime,
+    candidate: &Loaded,
+    env: &CallEnv,
+    config: &[(String, String)],
+    row: &Recorded,
+) -> anyhow::Result<OrderDiff> {
+    let recorded: LedgerEntriesRecorded = serde_json::from_value(row.recorded_event.clone())
+        .context("a ledger recording that this version cannot read")?;
+    let finalized = OrderFinalized {
+        order: OrderRef {
+            payment_order_id: row.payment_order_id,
+            payment_id: row.payment_id,
+            seller_id: row.seller_id.clone(),
+            amount: Money::new(row.amount_minor, &row.currency),
+        },
+        status: if row.status == "SUCCEEDED" {
+            FinalStatus::Succeeded
+        } else {
+            FinalStatus::Failed
+        },
+        psp_reference: row.psp_reference.clone(),
+        final_attempt: row.final_attempt.unwrap_or(0).max(0) as u32,
+        reason: row.failure_reason.clone(),
+    };
+    let rejected = |error: String| OrderDiff {
+        payment_order_id: row.payment_order_id,
+        verdict: Verdict::Rejected,
+        removed: Vec::new(),
+        added: Vec::new(),
+        error: Some(error),
+    };
+    let entries = match runtime
+        .post(candidate, env, config, &rule_input(&finalized))
+        .await
+    {
+        Err(error) => return Ok(rejected(format!("{}: {error}", error.class()))),
+        Ok((Err(rule_error), _)) => {
+            return Ok(rejected(format!(
+                "rule_error: {}: {}",
+                rule_error.code, rule_error.message
+            )))
+        }
+        Ok((Ok(entries), _)) => entries,
+    };
+    let scope = PostingScope {
+        seller_id: &row.seller_id,
+        currency: &row.currency,
+    };
+    if let Err(violation) = check_journals(&entries, &scope) {
+        return Ok(rejected(format!("{}: {violation}", violation.class())));
+    }
+    let before = lines(&recorded.journals);
+    let after = lines(&recorded_journals(
+        row.payment_order_id,
+        &row.currency,
+        entries,
+    ));
+    let removed: Vec<String> = before.difference(&after).cloned().collect();
+    let added: Vec<String> = after.difference(&before).cloned().collect();
+    Ok(OrderDiff {
+        payment_order_id: row.payment_order_id,
+        verdict: if removed.is_empty() && added.is_empty() {
+            Verdict::Same
+        } else {
+            Verdict::Changed
+        },
+        removed,
+        added,
+        error: None,
+    })
+}
+
+/// Replays the `limit` most recent recordings through `candidate`.
+pub async fn replay(
+    pool: &PgPool,
+    runtime: &Runtime,
+    candidate: &Loaded,
+    env: &CallEnv,
+    config: &[(String, String)],
+    limit: i64,
+    progress: &ProgressBar,
+) -> anyhow::Result<ReplayReport> {
+    let rows = recorded_orders(pool, limit).await?;
+    progress.set_length(rows.len() as u64);
+    let mut report = ReplayReport {
+        candidate: format!("{} {}", candidate.name, candidate.version),
+        sha256: candidate.sha256.clone(),
+        orders: rows.len(),
+        same: 0,
+        changed: 0,
+        rejected: 0,
+        diffs: Vec::new(),
+    };
+    for row in &rows {
+        let diff = judge(runtime, candidate, env, config, row).await?;
+        match diff.verdict {
+            Verdict::Same => report.same += 1,
+            Verdict::Changed => report.changed += 1,
+            Verdict::Rejected => report.rejected += 1,
+        }
+        if diff.verdict != Verdict::Same {
+            report.diffs.push(diff);
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+pub struct Options<'a> {
+    pub component: &'a Path,
+    pub config: Vec<(String, String)>,
+    pub limit: i64,
+    pub json: bool,
+    pub fail_on_change: bool,
+}
+
+pub async fn run(config: &Config, options: Options<'_>) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(options.component)
+        .with_context(|| format!("reading {}", options.component.display()))?;
+    let runtime = Runtime::new(None)?;
+    let candidate = runtime
+        .load(Slot::PostingRules, &bytes)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", options.component.display()))?;
+    let env = CallEnv {
+        limits: Limits::from_slot(&config.components.posting_rules),
+        http: None,
+        script: None,
+        trace_id: "replay".into(),
+    };
+    let pool = crate::store::connect(&config.database).await?;
+    let progress = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("replaying {bar:30} {pos}/{len} orders")
+            .expect("valid template"),
+    );
+    let report = replay(
+        &pool,
+        &runtime,
+        &candidate,
+        &env,
+        &options.config,
+        options.limit,
+        &progress,
+    )
+    .await?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    let failed = report.rejected > 0 || (options.fail_on_change && report.changed > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
