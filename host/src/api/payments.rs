@@ -244,7 +244,64 @@ pub async fn create(
     let client = principal.subject.as_str();
 
     let mut tx = state.pool.begin().await?;
-    if !payments::try_lock_key(&mut tx, lock_id(client, &key)).await? {
+    let admitted = admit(
+        &state,
+        &mut tx,
+        client,
+        &key,
+        &request_sha256,
+        &trace_id,
+        &body,
+    )
+    .await;
+    // End the transaction on every path, refusals included: a dropped sqlx
+    // transaction rolls back only when its pooled connection is next used,
+    // and until then the key's advisory lock stays taken (a spurious 409).
+    match admitted {
+        Ok(Admitted::New {
+            payment_id,
+            orders,
+            view,
+        }) => {
+            tx.commit().await?;
+            crate::metrics::payment_accepted();
+            tracing::info!(traceId = %trace_id, %payment_id, orders, "payment accepted");
+            Ok(respond(StatusCode::ACCEPTED, &view))
+        }
+        Ok(Admitted::Replayed(response)) => {
+            tx.rollback().await?;
+            Ok(response)
+        }
+        Err(error) => {
+            tx.rollback().await?;
+            Err(error)
+        }
+    }
+}
+
+enum Admitted {
+    New {
+        payment_id: Uuid,
+        orders: usize,
+        view: serde_json::Value,
+    },
+    Replayed(Response),
+}
+
+/// Inside the intake transaction: the key's lock, a replay or refusal, or
+/// the new payment's rows.
+async fn admit(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    client: &str,
+    key: &str,
+    request_sha256: &str,
+    trace_id: &str,
+    body: &CreatePayment,
+) -> Result<Admitted, ApiError> {
+    let trace_id = trace_id.to_string();
+    let key = key.to_string();
+    if !payments::try_lock_key(tx, lock_id(client, &key)).await? {
         let mut error = ApiError::conflict(
             "request-in-flight",
             "a request with this Idempotency-Key is still being processed",
@@ -252,7 +309,7 @@ pub async fn create(
         error.retry_after_secs = Some(1);
         return Err(error.with_trace(&trace_id));
     }
-    if let Some(stored) = payments::find_response(&mut tx, client, &key).await? {
+    if let Some(stored) = payments::find_response(tx, client, &key).await? {
         if stored.request_sha256 != request_sha256 {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -268,7 +325,7 @@ pub async fn create(
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        return Ok(response);
+        return Ok(Admitted::Replayed(response));
     }
     if state.config.failpoints.intake_hold_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(
@@ -280,7 +337,7 @@ pub async fn create(
     let payment_id = Uuid::new_v4();
     let currency = body.total_amount.currency.as_str();
     let inserted = payments::insert_payment(
-        &mut tx,
+        tx,
         &payments::NewPayment {
             payment_id,
             client_id: client,
@@ -308,7 +365,7 @@ pub async fn create(
             amount_minor: o.amount.quantity,
         })
         .collect();
-    payments::insert_orders(&mut tx, payment_id, currency, &orders).await?;
+    payments::insert_orders(tx, payment_id, currency, &orders).await?;
     let events: Vec<(String, Envelope)> = orders
         .iter()
         .map(|o| {
@@ -330,7 +387,7 @@ pub async fn create(
             (key, event)
         })
         .collect();
-    outbox::append(&mut tx, topic::PAYMENT_ORDER_CREATED, &events).await?;
+    outbox::append(tx, topic::PAYMENT_ORDER_CREATED, &events).await?;
 
     let view = PaymentView {
         payment_id,
@@ -357,19 +414,20 @@ pub async fn create(
     };
     let view_json = serde_json::to_value(&view).expect("serializes");
     payments::insert_response(
-        &mut tx,
+        tx,
         client,
         &key,
-        &request_sha256,
+        request_sha256,
         payment_id,
         202,
         &view_json,
     )
     .await?;
-    tx.commit().await?;
-    crate::metrics::payment_accepted();
-    tracing::info!(traceId = %trace_id, %payment_id, orders = orders.len(), "payment accepted");
-    Ok(respond(StatusCode::ACCEPTED, &view_json))
+    Ok(Admitted::New {
+        payment_id,
+        orders: orders.len(),
+        view: view_json,
+    })
 }
 
 fn respond(status: StatusCode, body: &serde_json::Value) -> Response {
