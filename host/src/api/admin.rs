@@ -332,6 +332,7 @@ pub async fn resolve_review(
     .await?
     .rows_affected();
     if updated != 1 {
+        tx.rollback().await?;
         return Err(ApiError::conflict(
             "not-in-review",
             "order changed concurrently",

@@ -91,11 +91,34 @@ async fn dispatch_batch(
     producer: &rdkafka::producer::FutureProducer,
     worker: &str,
 ) -> Result<usize, DispatchError> {
-    use rdkafka::producer::Producer;
     let mut tx = ctx.pool.begin().await?;
-    let rows = outbox::claim(&mut tx, ctx.config.outbox.batch_size).await?;
+    let published = publish_claimed(ctx, producer, worker, &mut tx).await;
+    // End the transaction on every path: a dropped sqlx transaction rolls
+    // back only when its connection is next used, and until then its row
+    // locks hide the claimed rows from every other dispatcher.
+    match published {
+        Ok(sent) => {
+            tx.commit().await?;
+            Ok(sent)
+        }
+        Err(error) => {
+            let _ = tx.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+/// Claims a batch in `tx`, publishes it in one Kafka transaction and marks
+/// it SENT (the caller commits after the Kafka commit).
+async fn publish_claimed(
+    ctx: &PipelineContext,
+    producer: &rdkafka::producer::FutureProducer,
+    worker: &str,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<usize, DispatchError> {
+    use rdkafka::producer::Producer;
+    let rows = outbox::claim(tx, ctx.config.outbox.batch_size).await?;
     if rows.is_empty() {
-        tx.commit().await?;
         return Ok(0);
     }
     // Decode everything before the Kafka transaction starts; a row that can
@@ -110,14 +133,13 @@ async fn dispatch_batch(
             crate::metrics::outbox_dispatch_failed(worker);
         }
         let quarantined: Vec<_> = bad.into_iter().map(|(_, row)| row).collect();
-        outbox::mark(&mut tx, &quarantined, "QUARANTINED").await?;
+        outbox::mark(tx, &quarantined, "QUARANTINED").await?;
     }
     let (outputs, rows): (Vec<Outbound>, Vec<_>) = good
         .into_iter()
         .map(|(o, row)| (o.expect("good rows decode"), row))
         .unzip();
     if outputs.is_empty() {
-        tx.commit().await?;
         return Ok(0);
     }
     let timeout = Duration::from_secs(30);
@@ -141,8 +163,7 @@ async fn dispatch_batch(
         }
         return Err(kafka_error(error));
     }
-    outbox::mark(&mut tx, &rows, "SENT").await?;
-    tx.commit().await?;
+    outbox::mark(tx, &rows, "SENT").await?;
     Ok(rows.len())
 }
 
