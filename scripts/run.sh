@@ -56,6 +56,9 @@ echo "== sample payments"
 "$bin" demo --url http://127.0.0.1:8080 --payments 3
 echo "== reconciliation"
 "$bin" reconcile
+echo "== replay: posting rules run again over the recorded ledger (writes nothing)"
+"$bin" replay target/components/ledger-marketplace.wasm --limit 20
+"$bin" replay target/components/template-posting-rules.wasm --limit 1
 echo
 echo "The node keeps running on http://127.0.0.1:8080 (OpenAPI: /api-docs/openapi.json, metrics: /metrics)."
 echo "Token for your own calls: $bin token --role payment:write --role FINANCE"

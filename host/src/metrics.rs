@@ -125,6 +125,12 @@ pub fn component_failure(slot: &'static str, class: &'static str) {
     counter!("component_failures_total", "slot" => slot, "class" => class).increment(1);
 }
 
+/// A shadow candidate's output against the active version's: same, changed
+/// or rejected (it failed or broke an invariant).
+pub fn component_shadow(slot: &'static str, result: &'static str) {
+    counter!("component_shadow_total", "slot" => slot, "result" => result).increment(1);
+}
+
 pub fn component_active(slot: &'static str, sha256: &str, name: &str, version: &str) {
     gauge!("component_active_info", "slot" => slot, "sha256" => sha256.to_string(),
         "name" => name.to_string(), "version" => version.to_string())

@@ -53,6 +53,24 @@ pub enum PluginCommand {
         #[arg(long, default_value = "cli")]
         actor: String,
     },
+    /// Run a stored posting-rules version as the shadow of the active one:
+    /// on live traffic, its journals are diffed and counted
+    /// (`component_shadow_total`), never applied.
+    Shadow {
+        #[arg(long, default_value = "posting-rules")]
+        slot: String,
+        /// The candidate; omit with --off.
+        #[arg(long, required_unless_present = "off")]
+        sha256: Option<String>,
+        /// Stop shadowing.
+        #[arg(long, conflicts_with = "sha256")]
+        off: bool,
+        /// Guest configuration for the candidate, repeatable: --set key=value
+        #[arg(long = "set", value_parser = parse_pair)]
+        config: Vec<(String, String)>,
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
     /// List stored versions and the active one per slot.
     List,
     /// Scaffold a component crate with fixtures that pass out of the box.
@@ -338,6 +356,42 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
                 "rolled {} back to {} (activation {})",
                 activation.slot, activation.sha256, activation.id
             );
+        }
+        PluginCommand::Shadow {
+            slot: slot_name,
+            sha256,
+            off,
+            config: pairs,
+            actor,
+        } => {
+            let slot = slot(&slot_name)?;
+            anyhow::ensure!(
+                slot == Slot::PostingRules,
+                "only posting-rules can be shadowed: a shadow {slot} would act on the world"
+            );
+            let sha256 = if off { None } else { sha256 };
+            if let Some(sha) = &sha256 {
+                let (stored_slot, _) = plugins::bytes(&pool, sha)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no stored component with sha256 {sha}"))?;
+                anyhow::ensure!(
+                    stored_slot == slot.as_str(),
+                    "{sha} is a {stored_slot} component"
+                );
+            }
+            let map: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
+            plugins::set_shadow(
+                &pool,
+                slot.as_str(),
+                sha256.as_deref(),
+                &serde_json::to_value(map)?,
+                &actor,
+            )
+            .await?;
+            match sha256 {
+                Some(sha) => println!("{sha} now shadows the active {slot}"),
+                None => println!("{slot} shadow off"),
+            }
         }
         PluginCommand::List => {
             let active = plugins::active(&pool).await?;

@@ -7,7 +7,6 @@
 //! in the LedgerRecordingConsumer, so "rejected" here means "would be
 //! dead-lettered there".
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -21,11 +20,9 @@ use crate::components::invariants::{check_journals, PostingScope};
 use crate::components::runtime::{CallEnv, Limits};
 use crate::components::{Loaded, Runtime, Slot};
 use crate::config::Config;
-use crate::domain::events::{
-    FinalStatus, LedgerEntriesRecorded, OrderFinalized, OrderRef, RecordedJournal,
-};
+use crate::domain::events::{FinalStatus, LedgerEntriesRecorded, OrderFinalized, OrderRef};
 use crate::domain::money::Money;
-use crate::pipeline::ledger_recording_consumer::{recorded_journals, rule_input};
+use crate::pipeline::ledger_recording_consumer::{posting_lines, recorded_journals, rule_input};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -89,21 +86,6 @@ impl ReplayReport {
         }
         out
     }
-}
-
-/// One posting per line, sorted: a journal set compares as a set of lines.
-fn lines(journals: &[RecordedJournal]) -> BTreeSet<String> {
-    journals
-        .iter()
-        .flat_map(|j| {
-            j.postings.iter().map(move |p| {
-                format!(
-                    "{} {} {} {} {}",
-                    j.journal_id, p.account, p.side, p.amount_minor, j.currency
-                )
-            })
-        })
-        .collect()
 }
 
 #[derive(sqlx::FromRow)]
@@ -185,8 +167,8 @@ async fn judge(
     if let Err(violation) = check_journals(&entries, &scope) {
         return Ok(rejected(format!("{}: {violation}", violation.class())));
     }
-    let before = lines(&recorded.journals);
-    let after = lines(&recorded_journals(
+    let before = posting_lines(&recorded.journals);
+    let after = posting_lines(&recorded_journals(
         row.payment_order_id,
         &row.currency,
         entries,

@@ -33,6 +33,9 @@ pub struct Registry {
     pool: PgPool,
     config: Arc<Config>,
     slots: [ArcSwapOption<Active>; 3],
+    /// Shadow candidates (posting rules only): run beside the active
+    /// version, diffed and counted, never applied.
+    shadows: [ArcSwapOption<Active>; 3],
     /// Every version loaded so far, by sha (orders pin adapter versions).
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     http_client: reqwest::Client,
@@ -58,6 +61,7 @@ impl Registry {
             pool,
             config,
             slots: Default::default(),
+            shadows: Default::default(),
             loaded: Mutex::new(HashMap::new()),
             http_client: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
@@ -104,6 +108,11 @@ impl Registry {
         self.slots[index(slot)]
             .load_full()
             .ok_or_else(|| PluginError::Unavailable(format!("no active {slot} component")))
+    }
+
+    /// The shadow candidate of `slot`, if one is set.
+    pub fn shadow(&self, slot: Slot) -> Option<Arc<Active>> {
+        self.shadows[index(slot)].load_full()
     }
 
     /// A specific version (e.g. the adapter an order is pinned to).
@@ -237,6 +246,30 @@ impl Registry {
                 continue;
             }
             self.swap(slot, &activation).await?;
+        }
+        for shadow in plugins::shadows(&self.pool).await? {
+            let Some(slot) = Slot::parse(&shadow.slot) else {
+                continue;
+            };
+            let current = self.shadows[index(slot)].load();
+            let unchanged = match (&shadow.sha256, current.as_ref()) {
+                (None, None) => true,
+                (Some(_), Some(c)) => c.activation_id == shadow.id,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            let candidate = match &shadow.sha256 {
+                None => None,
+                Some(sha) => Some(Arc::new(Active {
+                    loaded: self.by_sha(slot, sha).await?,
+                    config: plugins::config_pairs(&shadow.config),
+                    activation_id: shadow.id,
+                })),
+            };
+            tracing::info!(%slot, sha256 = ?shadow.sha256, "shadow candidate set");
+            self.shadows[index(slot)].store(candidate);
         }
         Ok(())
     }

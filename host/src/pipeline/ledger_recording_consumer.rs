@@ -10,6 +10,7 @@
 //!   never re-runs the rule (a rule swapped in between cannot post twice)
 //! - DLQ: undecodable events, rule errors, invariant violations, component failures
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use super::stage_loop::{Decision, Failure, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::rules::paynode::posting_rules::types as wit;
 use crate::components::invariants::{check_journals, PostingScope};
+use crate::components::registry::Active;
 use crate::components::Slot;
 use crate::domain::events::{
     event_type, Envelope, FinalStatus, LedgerEntriesRecorded, OrderFinalized, RecordedJournal,
@@ -45,6 +47,19 @@ impl LedgerRecordingConsumer {
             .registry
             .active(Slot::PostingRules)
             .map_err(Failure::from)?;
+        self.run_version(&active, envelope, finalized, true).await
+    }
+
+    /// Runs one version of the rules and checks its output; nothing is
+    /// written. `metered`: counted in the component metrics and alerts
+    /// (the active version; a shadow has its own counter).
+    async fn run_version(
+        &self,
+        active: &Active,
+        envelope: &Envelope,
+        finalized: &OrderFinalized,
+        metered: bool,
+    ) -> Result<LedgerEntriesRecorded, Failure> {
         let order = rule_input(finalized);
         let env = self
             .ctx
@@ -57,7 +72,13 @@ impl LedgerRecordingConsumer {
             .runtime()
             .post(&active.loaded, &env, &active.config, &order)
             .await;
-        crate::metrics::component_call(Slot::PostingRules.as_str(), started, result.as_ref().err());
+        if metered {
+            crate::metrics::component_call(
+                Slot::PostingRules.as_str(),
+                started,
+                result.as_ref().err(),
+            );
+        }
         let entries = match result.map_err(Failure::from)?.0 {
             Ok(entries) => entries,
             Err(rule_error) => {
@@ -72,7 +93,9 @@ impl LedgerRecordingConsumer {
             currency: &finalized.order.amount.currency,
         };
         if let Err(violation) = check_journals(&entries, &scope) {
-            crate::metrics::component_failure(Slot::PostingRules.as_str(), violation.class());
+            if metered {
+                crate::metrics::component_failure(Slot::PostingRules.as_str(), violation.class());
+            }
             return Err(Failure::from(violation));
         }
         let order_id = finalized.order.payment_order_id;
@@ -84,6 +107,41 @@ impl LedgerRecordingConsumer {
             rule_sha256: active.loaded.sha256.clone(),
             journals,
         })
+    }
+
+    /// Runs the shadow candidate, if any, on the same order and counts how
+    /// its journals compare with what was recorded. Never applied, never
+    /// fails the record: a broken candidate only shows up in the counts.
+    async fn shadow(
+        &self,
+        envelope: &Envelope,
+        finalized: &OrderFinalized,
+        recorded: &LedgerEntriesRecorded,
+    ) {
+        let Some(candidate) = self.ctx.registry.shadow(Slot::PostingRules) else {
+            return;
+        };
+        let result = match self
+            .run_version(&candidate, envelope, finalized, false)
+            .await
+        {
+            Err(Failure::Poison { class, message }) => {
+                tracing::warn!(candidate = %candidate.loaded.sha256, class, %message, "shadow rules rejected");
+                "rejected"
+            }
+            Err(Failure::Retryable(error)) => {
+                tracing::warn!(candidate = %candidate.loaded.sha256, error = %format!("{error:#}"), "shadow rules could not run");
+                "rejected"
+            }
+            Ok(shadow) if posting_lines(&shadow.journals) == posting_lines(&recorded.journals) => {
+                "same"
+            }
+            Ok(_) => {
+                tracing::info!(candidate = %candidate.loaded.sha256, "shadow rules would post differently");
+                "changed"
+            }
+        };
+        crate::metrics::component_shadow(Slot::PostingRules.as_str(), result);
     }
 }
 
@@ -133,6 +191,22 @@ pub fn recorded_journals(
         .collect()
 }
 
+/// One line per posting (`journal account side amount currency`), sorted:
+/// two journal sets are equal when their lines are.
+pub fn posting_lines(journals: &[RecordedJournal]) -> BTreeSet<String> {
+    journals
+        .iter()
+        .flat_map(|j| {
+            j.postings.iter().map(move |p| {
+                format!(
+                    "{} {} {} {} {}",
+                    j.journal_id, p.account, p.side, p.amount_minor, j.currency
+                )
+            })
+        })
+        .collect()
+}
+
 /// Deterministic and unique per (order, kind, key).
 pub fn journal_id(order_id: uuid::Uuid, kind: &str, key: &str) -> String {
     if key.is_empty() {
@@ -173,6 +247,7 @@ impl Stage for LedgerRecordingConsumer {
         let recorded = self.run_rules(envelope, &finalized).await?;
         let recorded = ledger::record(&self.ctx.pool, &recorded, &envelope.trace_id).await?;
         tracing::info!(journals = recorded.journals.len(), rule = %recorded.rule_sha256, "ledger entries recorded");
+        self.shadow(envelope, &finalized, &recorded).await;
         Ok(vec![recorded_event(envelope, &recorded)])
     }
 }

@@ -137,6 +137,59 @@ pub async fn activate(
     Ok(activation)
 }
 
+/// The shadow candidate of a slot (the latest row; `sha256` None = off).
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct Shadow {
+    pub id: i64,
+    pub slot: String,
+    pub sha256: Option<String>,
+    pub config: Value,
+}
+
+pub async fn shadows(pool: &PgPool) -> sqlx::Result<Vec<Shadow>> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (slot) id, slot, sha256, config FROM plugin_shadows ORDER BY slot, id DESC",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Sets (or with `None` clears) a slot's shadow and announces it, audited.
+pub async fn set_shadow(
+    pool: &PgPool,
+    slot: &str,
+    sha256: Option<&str>,
+    config: &Value,
+    actor: &str,
+) -> sqlx::Result<Shadow> {
+    let mut tx = pool.begin().await?;
+    let shadow: Shadow = sqlx::query_as(
+        "INSERT INTO plugin_shadows (slot, sha256, config, set_by) VALUES ($1, $2, $3, $4)
+         RETURNING id, slot, sha256, config",
+    )
+    .bind(slot)
+    .bind(sha256)
+    .bind(config)
+    .bind(actor)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit_in(
+        &mut tx,
+        actor,
+        "shadow",
+        slot,
+        &serde_json::json!({ "sha256": sha256, "config": config }),
+    )
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(slot)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(shadow)
+}
+
 /// The activation before the current one whose sha differs (rollback target).
 pub async fn previous(pool: &PgPool, slot: &str) -> sqlx::Result<Option<Activation>> {
     sqlx::query_as(

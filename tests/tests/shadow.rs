@@ -1,0 +1,134 @@
+//! A shadow posting-rules candidate runs beside the active rules on live
+//! traffic: its journals are compared and counted (`component_shadow_total`),
+//! never applied, and a broken candidate never stops or parks an order.
+
+use std::time::{Duration, Instant};
+
+use paynode::components::Slot;
+use paynode::store::plugins;
+use paynode_tests::*;
+
+async fn shadow_count(node: &TestNode, result: &str) -> u64 {
+    let text = node
+        .http
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("component_shadow_total{"))
+        .filter(|l| {
+            l.contains("slot=\"posting-rules\"") && l.contains(&format!("result=\"{result}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn set_shadow(node: &TestNode, sha: Option<&str>) {
+    plugins::set_shadow(
+        &node.pool,
+        "posting-rules",
+        sha,
+        &serde_json::json!({}),
+        "test",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node
+        .node
+        .registry
+        .shadow(Slot::PostingRules)
+        .map(|s| s.loaded.sha256.clone())
+        .as_deref()
+        != sha
+    {
+        assert!(
+            Instant::now() < deadline,
+            "shadow {sha:?} never reached the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn pay_and_record(node: &TestNode, key: &str, sellers: &[(&str, i64)]) {
+    let before = node.scalar("SELECT count(*) FROM ledger_recordings").await;
+    let (status, body) = node.post_payment(key, &payment_body(key, sellers)).await;
+    assert_eq!(status, 202, "{body}");
+    let want = before + sellers.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.scalar("SELECT count(*) FROM ledger_recordings").await < want {
+        assert!(Instant::now() < deadline, "{key} never reached the ledger");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_rules_are_compared_and_counted_never_applied() {
+    let node = TestNode::start(test_config().await).await;
+    let push = |name: &'static str| {
+        let registry = node.node.registry.clone();
+        async move {
+            let bytes = std::fs::read(component_path(name)).unwrap();
+            registry
+                .push(Slot::PostingRules, &bytes, None, "test")
+                .await
+                .unwrap()
+                .sha256
+        }
+    };
+    let active = node.node.registry.snapshot()["posting-rules"].0.clone();
+    let template = push("template-posting-rules").await;
+    let unbalanced = push("hostile-unbalanced").await;
+
+    // Different valid rules: counted as changed, ledger untouched by them.
+    set_shadow(&node, Some(&template)).await;
+    pay_and_record(&node, "shadow-1", &[("s-a", 1000), ("s-b", 2000)]).await;
+    assert_eq!(shadow_count(&node, "changed").await, 2);
+    let foreign = format!(
+        "SELECT count(*) FROM journal_entries WHERE rule_sha256 <> '{active}' OR kind NOT IN ('AUTH', 'CAPTURE')"
+    );
+    assert_eq!(
+        node.scalar(&foreign).await,
+        0,
+        "shadow journals were applied"
+    );
+    assert_eq!(node.scalar("SELECT count(*) FROM journal_entries").await, 4);
+
+    // The active rules as their own shadow: same.
+    set_shadow(&node, Some(&active)).await;
+    pay_and_record(&node, "shadow-2", &[("s-c", 500)]).await;
+    assert_eq!(shadow_count(&node, "same").await, 1);
+
+    // A broken candidate: rejected, but the order is recorded as usual.
+    set_shadow(&node, Some(&unbalanced)).await;
+    pay_and_record(&node, "shadow-3", &[("s-d", 700)]).await;
+    assert_eq!(shadow_count(&node, "rejected").await, 1);
+    assert_eq!(
+        node.scalar("SELECT count(*) FROM payment_orders WHERE status <> 'SUCCEEDED'")
+            .await,
+        0
+    );
+
+    // Off: nothing more is counted.
+    set_shadow(&node, None).await;
+    pay_and_record(&node, "shadow-4", &[("s-e", 300)]).await;
+    let counted: u64 = [
+        shadow_count(&node, "same").await,
+        shadow_count(&node, "changed").await,
+        shadow_count(&node, "rejected").await,
+    ]
+    .iter()
+    .sum();
+    assert_eq!(counted, 4);
+    assert_eq!(
+        node.scalar("SELECT count(*) FROM journal_entries").await,
+        10,
+        "AUTH + CAPTURE for each of the 5 orders, nothing else"
+    );
+    assert_eq!(node.scalar(&foreign).await, 0);
+    node.stop().await;
+}
