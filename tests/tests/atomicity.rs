@@ -25,15 +25,7 @@ async fn aborted_psp_transaction_is_reprocessed_without_a_second_charge() {
     let view = node.wait_final(payment_id).await;
     assert_eq!(view["paymentOrders"][0]["status"], "SUCCEEDED");
 
-    let metrics = node
-        .http
-        .get(format!("{}/metrics", node.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics_text().await;
     assert!(
         metrics
             .lines()

@@ -9,16 +9,9 @@ use paynode::store::plugins;
 use paynode_tests::*;
 
 async fn shadow_count(node: &TestNode, result: &str) -> u64 {
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.base))
-        .send()
+    node.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("component_shadow_total{"))
         .filter(|l| {
             l.contains("slot=\"posting-rules\"") && l.contains(&format!("result=\"{result}\""))

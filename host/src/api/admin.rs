@@ -16,8 +16,7 @@ use super::AppState;
 use crate::components::harness::FixtureFile;
 use crate::components::registry::PushError;
 use crate::components::Slot;
-use crate::domain::events::{event_type, Envelope, FinalStatus, OrderFinalized, OrderRef};
-use crate::domain::money::Money;
+use crate::domain::events::{event_type, Envelope, FinalStatus, OrderFinalized};
 use crate::kafka::topic;
 use crate::store::plugins::{self, Activation, PluginRow};
 use crate::store::{orders, outbox};
@@ -340,12 +339,7 @@ pub async fn resolve_review(
     }
     let key = id.to_string();
     let finalized = OrderFinalized {
-        order: OrderRef {
-            payment_order_id: id,
-            payment_id: order.payment_id,
-            seller_id: order.seller_id.clone(),
-            amount: Money::new(order.amount_minor, &order.currency),
-        },
+        order: order.order_ref(),
         status,
         psp_reference: body.psp_reference.clone(),
         final_attempt: attempt as u32,

@@ -20,9 +20,9 @@ use crate::components::invariants::{check_journals, PostingScope};
 use crate::components::runtime::{CallEnv, Limits};
 use crate::components::{Loaded, Runtime, Slot};
 use crate::config::Config;
-use crate::domain::events::{FinalStatus, LedgerEntriesRecorded, OrderFinalized, OrderRef};
-use crate::domain::money::Money;
+use crate::domain::events::{FinalStatus, LedgerEntriesRecorded, OrderFinalized};
 use crate::pipeline::ledger_recording_consumer::{posting_lines, recorded_journals, rule_input};
+use crate::store::payments::OrderRow;
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -90,22 +90,14 @@ impl ReplayReport {
 
 #[derive(sqlx::FromRow)]
 struct Recorded {
-    payment_order_id: Uuid,
-    payment_id: Uuid,
-    seller_id: String,
-    amount_minor: i64,
-    currency: String,
-    status: String,
-    psp_reference: Option<String>,
-    final_attempt: Option<i32>,
-    failure_reason: Option<String>,
+    #[sqlx(flatten)]
+    order: OrderRow,
     recorded_event: serde_json::Value,
 }
 
 async fn recorded_orders(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Recorded>> {
     sqlx::query_as(
-        "SELECT o.payment_order_id, o.payment_id, o.seller_id, o.amount_minor, o.currency, o.status,
-                o.psp_reference, o.final_attempt, o.failure_reason, r.recorded_event
+        "SELECT o.*, r.recorded_event
          FROM ledger_recordings r JOIN payment_orders o USING (payment_order_id)
          WHERE o.status IN ('SUCCEEDED', 'FAILED')
          ORDER BY r.created_at DESC LIMIT $1",
@@ -124,24 +116,20 @@ async fn judge(
 ) -> anyhow::Result<OrderDiff> {
     let recorded: LedgerEntriesRecorded = serde_json::from_value(row.recorded_event.clone())
         .context("a ledger recording that this version cannot read")?;
+    let order = &row.order;
     let finalized = OrderFinalized {
-        order: OrderRef {
-            payment_order_id: row.payment_order_id,
-            payment_id: row.payment_id,
-            seller_id: row.seller_id.clone(),
-            amount: Money::new(row.amount_minor, &row.currency),
-        },
-        status: if row.status == "SUCCEEDED" {
+        order: order.order_ref(),
+        status: if order.status == "SUCCEEDED" {
             FinalStatus::Succeeded
         } else {
             FinalStatus::Failed
         },
-        psp_reference: row.psp_reference.clone(),
-        final_attempt: row.final_attempt.unwrap_or(0).max(0) as u32,
-        reason: row.failure_reason.clone(),
+        psp_reference: order.psp_reference.clone(),
+        final_attempt: order.final_attempt.unwrap_or(0).max(0) as u32,
+        reason: order.failure_reason.clone(),
     };
     let rejected = |error: String| OrderDiff {
-        payment_order_id: row.payment_order_id,
+        payment_order_id: order.payment_order_id,
         verdict: Verdict::Rejected,
         removed: Vec::new(),
         added: Vec::new(),
@@ -161,22 +149,22 @@ async fn judge(
         Ok((Ok(entries), _)) => entries,
     };
     let scope = PostingScope {
-        seller_id: &row.seller_id,
-        currency: &row.currency,
+        seller_id: &order.seller_id,
+        currency: &order.currency,
     };
     if let Err(violation) = check_journals(&entries, &scope) {
         return Ok(rejected(format!("{}: {violation}", violation.class())));
     }
     let before = posting_lines(&recorded.journals);
     let after = posting_lines(&recorded_journals(
-        row.payment_order_id,
-        &row.currency,
+        order.payment_order_id,
+        &order.currency,
         entries,
     ));
     let removed: Vec<String> = before.difference(&after).cloned().collect();
     let added: Vec<String> = after.difference(&before).cloned().collect();
     Ok(OrderDiff {
-        payment_order_id: row.payment_order_id,
+        payment_order_id: order.payment_order_id,
         verdict: if removed.is_empty() && added.is_empty() {
             Verdict::Same
         } else {

@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stage_loop::{is_fatal, send, Outbound};
 use super::PipelineContext;
-use crate::domain::events::{event_type, Envelope, OrderRef, PspCallRequested};
-use crate::domain::money::Money;
+use crate::domain::events::{event_type, Envelope, PspCallRequested};
 use crate::kafka::{self, topic};
 use crate::store::orders;
 
@@ -165,12 +164,7 @@ async fn sweep(ctx: &PipelineContext) -> anyhow::Result<()> {
             continue;
         };
         let request = PspCallRequested {
-            order: OrderRef {
-                payment_order_id: order.payment_order_id,
-                payment_id: order.payment_id,
-                seller_id: order.seller_id.clone(),
-                amount: Money::new(order.amount_minor, &order.currency),
-            },
+            order: order.order_ref(),
             attempt: attempt as u32,
         };
         let key = order_id.to_string();

@@ -170,6 +170,18 @@ pub struct OrderRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl OrderRow {
+    /// The order as events carry it.
+    pub fn order_ref(&self) -> crate::domain::events::OrderRef {
+        crate::domain::events::OrderRef {
+            payment_order_id: self.payment_order_id,
+            payment_id: self.payment_id,
+            seller_id: self.seller_id.clone(),
+            amount: crate::domain::money::Money::new(self.amount_minor, &self.currency),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow, Clone)]
 pub struct AttemptRow {
     pub payment_order_id: Uuid,

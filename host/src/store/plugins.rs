@@ -120,19 +120,7 @@ pub async fn activate(
     .bind(actor)
     .fetch_one(&mut *tx)
     .await?;
-    audit_in(
-        &mut tx,
-        actor,
-        action,
-        slot,
-        &serde_json::json!({ "sha256": sha256, "config": config }),
-    )
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(slot)
-        .execute(&mut *tx)
-        .await?;
+    announce(&mut tx, actor, action, slot, sha256, config).await?;
     tx.commit().await?;
     Ok(activation)
 }
@@ -173,19 +161,7 @@ pub async fn set_shadow(
     .bind(actor)
     .fetch_one(&mut *tx)
     .await?;
-    audit_in(
-        &mut tx,
-        actor,
-        "shadow",
-        slot,
-        &serde_json::json!({ "sha256": sha256, "config": config }),
-    )
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(slot)
-        .execute(&mut *tx)
-        .await?;
+    announce(&mut tx, actor, "shadow", slot, sha256, config).await?;
     tx.commit().await?;
     Ok(shadow)
 }
@@ -212,6 +188,26 @@ pub async fn audit(
     let mut tx = pool.begin().await?;
     audit_in(&mut tx, actor, action, target, details).await?;
     tx.commit().await
+}
+
+/// Audits a registry change and tells every node (NOTIFY is delivered at
+/// commit, so nodes never see a change that rolled back).
+async fn announce(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    actor: &str,
+    action: &str,
+    slot: &str,
+    sha256: impl Serialize,
+    config: &Value,
+) -> sqlx::Result<()> {
+    let details = serde_json::json!({ "sha256": sha256, "config": config });
+    audit_in(tx, actor, action, slot, &details).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(slot)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn audit_in(
