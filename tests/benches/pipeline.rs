@@ -443,6 +443,8 @@ async fn run() -> Result<()> {
         .scalar("SELECT count(*) FROM payment_orders po JOIN payments p USING (payment_id) WHERE p.buyer_id = 'bench' AND po.status = 'SUCCEEDED'")
         .await;
 
+    let stage_metrics = node.metrics_text().await;
+
     // Paced run at half the measured rate: the latency a steady load sees.
     let paced_rate = orders_per_sec / 2.0;
     let paced_count = ((paced_rate * PACED_SECS) as u64).max(1);
@@ -551,6 +553,20 @@ async fn run() -> Result<()> {
         println!("{name:<40} {n:>8} {p50:>10.1} {p99:>10.1}");
     }
     println!();
+    println!("per stage, warm-up + measured run (a batch = decide + produce + commit)");
+    println!(
+        "{:<40} {:>8} {:>10} {:>12}",
+        "stage", "batches", "records", "ms/batch"
+    );
+    println!("{}", "-".repeat(74));
+    for (stage, batches, records, seconds) in stage_table(&stage_metrics) {
+        println!(
+            "{stage:<40} {batches:>8} {:>10.1} {:>12.1}",
+            records / batches.max(1) as f64,
+            seconds * 1000.0 / batches.max(1) as f64
+        );
+    }
+    println!();
     println!(
         "paced: {paced_rows} orders at {paced_rate:.0}/s (half the measured rate) for {PACED_SECS:.0} s"
     );
@@ -571,6 +587,38 @@ async fn run() -> Result<()> {
         println!("{name:<40} {n:>8} {p50:>10.1} {p99:>10.1}{verdict}");
     }
     Ok(())
+}
+
+/// (stage, batches, records per batch, seconds) from the node's metrics:
+/// `pipeline_batch_seconds` count/sum and committed `pipeline_messages_total`.
+fn stage_table(metrics: &str) -> Vec<(String, u64, f64, f64)> {
+    let value = |prefix: &str, stage: &str, extra: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(prefix)
+                    && l.contains(&format!("stage=\"{stage}\""))
+                    && l.contains(extra)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut stages: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("pipeline_batch_seconds_count{"))
+        .filter_map(|l| Some(l.split("stage=\"").nth(1)?.split('"').next()?.to_string()))
+        .collect();
+    stages.sort();
+    stages.dedup();
+    stages
+        .into_iter()
+        .map(|stage| {
+            let batches = value("pipeline_batch_seconds_count{", &stage, "") as u64;
+            let records = value("pipeline_messages_total{", &stage, "result=\"committed\"");
+            let seconds = value("pipeline_batch_seconds_sum{", &stage, "");
+            (stage, batches, records, seconds)
+        })
+        .collect()
 }
 
 async fn drop_database(db_url: &str) {

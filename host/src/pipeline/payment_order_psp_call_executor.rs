@@ -4,7 +4,7 @@
 //! - produces `payment_order_psp_result_updated_topic` (key paymentOrderId),
 //!   header `componentSha256` = the adapter that decided
 //! - idempotency: the `psp_attempts` row (order, attempt) is inserted *before*
-//!   the PSP call. A redelivery finds it: with an outcome, the same result event
+//!   the PSP call, in the same database transaction as the adapter pin. A redelivery finds it: with an outcome, the same result event
 //!   is re-produced without calling anything; without one (a crash mid-call),
 //!   the charge may have happened, so only `status` is asked, never `charge`.
 //! - the adapter version is pinned per order at its first call; the PSP
@@ -15,7 +15,6 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use uuid::Uuid;
 
 use super::stage_loop::{Decision, Failure, Outbound, Stage};
 use super::PipelineContext;
@@ -32,28 +31,54 @@ pub struct PaymentOrderPspCallExecutor {
     ctx: PipelineContext,
 }
 
+/// What `prepare` settled for one call request.
+struct Prepared {
+    order: OrderRow,
+    adapter: std::sync::Arc<Loaded>,
+    config: Vec<(String, String)>,
+    /// None: the request is stale (order final, in review, or attempt applied).
+    claim: Option<Claim>,
+}
+
 impl PaymentOrderPspCallExecutor {
     pub fn new(ctx: PipelineContext) -> Self {
         PaymentOrderPspCallExecutor { ctx }
     }
 
-    async fn pinned_adapter(
+    /// In one database transaction, before any PSP call: pins the adapter,
+    /// checks the request against the stored order, and claims the attempt
+    /// (None for a stale request). One commit makes the claim durable.
+    async fn prepare(
         &self,
-        order_id: Uuid,
-        parked: bool,
-    ) -> Result<(std::sync::Arc<Loaded>, Vec<(String, String)>), Failure> {
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        envelope: &Envelope,
+        request: &PspCallRequested,
+    ) -> Result<Prepared, Failure> {
         let active = self
             .ctx
             .registry
             .active(Slot::PspAdapter)
             .map_err(Failure::from)?;
-        if parked {
-            orders::repin_adapter(&self.ctx.pool, order_id, &active.loaded.sha256).await?;
-        }
-        let pinned = orders::pin_adapter(&self.ctx.pool, order_id, &active.loaded.sha256)
+        let order_id = request.order.payment_order_id;
+        let order = orders::pin_adapter(tx, order_id, &active.loaded.sha256)
             .await?
+            .ok_or_else(|| Failure::Poison {
+                class: "invalid_event",
+                message: format!("unknown payment order {order_id}"),
+            })?;
+        if order.amount_minor != request.order.amount.quantity
+            || order.seller_id != request.order.seller_id
+        {
+            return Err(Failure::Poison {
+                class: "invalid_event",
+                message: "event disagrees with the stored payment order".into(),
+            });
+        }
+        let pinned = order
+            .adapter_sha256
+            .clone()
             .unwrap_or_else(|| active.loaded.sha256.clone());
-        let loaded = if pinned == active.loaded.sha256 {
+        let adapter = if pinned == active.loaded.sha256 {
             active.loaded.clone()
         } else {
             self.ctx
@@ -62,7 +87,35 @@ impl PaymentOrderPspCallExecutor {
                 .await
                 .map_err(Failure::from)?
         };
-        Ok((loaded, active.config.clone()))
+        let attempt = request.attempt as i32;
+        let status = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending);
+        let stale = status.is_final()
+            || status == OrderStatus::RequiresReview
+            || attempt <= order.last_applied_attempt;
+        let claim = if stale {
+            None
+        } else {
+            let claim = attempts::claim(
+                tx,
+                order_id,
+                attempt,
+                &order.psp_idempotency_key,
+                &adapter.sha256,
+                &envelope.trace_id,
+                &self.ctx.config.stages.instance_id,
+            )
+            .await?;
+            if order.next_attempt == Some(attempt) {
+                orders::clear_due_retry(tx, order_id, attempt).await?;
+            }
+            Some(claim)
+        };
+        Ok(Prepared {
+            order,
+            adapter,
+            config: active.config.clone(),
+            claim,
+        })
     }
 
     /// Calls `charge` (or only `status` when a previous call may have
@@ -207,46 +260,27 @@ impl Stage for PaymentOrderPspCallExecutor {
                 ),
             });
         }
-        let order_id = request.order.payment_order_id;
-        let order = orders::get(&self.ctx.pool, order_id)
-            .await?
-            .ok_or_else(|| Failure::Poison {
-                class: "invalid_event",
-                message: format!("unknown payment order {order_id}"),
-            })?;
-        if order.amount_minor != request.order.amount.quantity
-            || order.seller_id != request.order.seller_id
-        {
-            return Err(Failure::Poison {
-                class: "invalid_event",
-                message: "event disagrees with the stored payment order".into(),
-            });
-        }
-        let attempt = request.attempt as i32;
-        let status = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending);
-        let stale = status.is_final()
-            || status == OrderStatus::RequiresReview
-            || attempt <= order.last_applied_attempt;
-
-        let (adapter, config) = self
-            .pinned_adapter(order_id, status == OrderStatus::Parked)
-            .await?;
-        let claim = if stale {
-            None
-        } else {
-            Some(
-                attempts::claim(
-                    &self.ctx.pool,
-                    order_id,
-                    attempt,
-                    &order.psp_idempotency_key,
-                    &adapter.sha256,
-                    &envelope.trace_id,
-                    &self.ctx.config.stages.instance_id,
-                )
-                .await?,
-            )
+        let mut tx = self.ctx.pool.begin().await?;
+        let prepared = self.prepare(&mut tx, envelope, &request).await;
+        // End the transaction on every path: a dropped sqlx transaction keeps
+        // its row lock until its connection is reused.
+        let Prepared {
+            order,
+            adapter,
+            config,
+            claim,
+        } = match prepared {
+            Ok(prepared) => {
+                tx.commit().await?;
+                prepared
+            }
+            Err(failure) => {
+                let _ = tx.rollback().await;
+                return Err(failure);
+            }
         };
+        let order_id = order.payment_order_id;
+        let attempt = request.attempt as i32;
         let may_have_charged = match claim {
             None => {
                 tracing::info!(attempt, status = %order.status, "stale PSP call request ignored");
@@ -269,8 +303,6 @@ impl Stage for PaymentOrderPspCallExecutor {
             }
             Some(Claim::New) => false,
         };
-        orders::clear_due_retry(&self.ctx.pool, order_id, attempt).await?;
-
         let started = Instant::now();
         let charge = charge_request(&order, request.attempt);
         let (outcome, settled, calls) = self

@@ -1,6 +1,6 @@
 //! psp_attempts: one row per PSP call, claimed before the call.
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::payments::AttemptRow;
@@ -18,7 +18,7 @@ const ATTEMPT_COLUMNS: &str =
      latency_ms, settled_by_status, component_calls, claimed_at";
 
 pub async fn claim(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     payment_order_id: Uuid,
     attempt: i32,
     idempotency_key: &str,
@@ -36,7 +36,7 @@ pub async fn claim(
     .bind(component_sha256)
     .bind(trace_id)
     .bind(node_id)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
     if inserted == 1 {
@@ -47,7 +47,7 @@ pub async fn claim(
     ))
     .bind(payment_order_id)
     .bind(attempt)
-    .fetch_one(pool)
+    .fetch_one(&mut **tx)
     .await?;
     Ok(Claim::Existing(row))
 }

@@ -2,7 +2,7 @@
 //! status and the attempt number, so replays and stale results change nothing.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::payments::OrderRow;
@@ -14,42 +14,30 @@ pub async fn get(pool: &PgPool, payment_order_id: Uuid) -> sqlx::Result<Option<O
         .await
 }
 
-/// Pins the adapter version on the first PSP call and marks the order
-/// PENDING; returns the pinned sha (the first caller's wins).
+/// The executor's first write for a call request: pins the adapter version
+/// on the first PSP call (an operator-resumed PARKED order follows the
+/// version active now: the one it was pinned to is what failed) and marks
+/// the order PENDING. Returns the order as it is now; the first pin wins.
 pub async fn pin_adapter(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     payment_order_id: Uuid,
-    sha256: &str,
-) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(
-        "UPDATE payment_orders SET adapter_sha256 = COALESCE(adapter_sha256, $2),
+    active_sha256: &str,
+) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as(
+        "UPDATE payment_orders SET
+             adapter_sha256 = CASE WHEN status = 'PARKED' OR adapter_sha256 IS NULL THEN $2 ELSE adapter_sha256 END,
              status = CASE WHEN status = 'INITIATED' THEN 'PENDING' ELSE status END, updated_at = now()
-         WHERE payment_order_id = $1 RETURNING adapter_sha256",
+         WHERE payment_order_id = $1 RETURNING *",
     )
     .bind(payment_order_id)
-    .bind(sha256)
-    .fetch_optional(pool)
+    .bind(active_sha256)
+    .fetch_optional(&mut **tx)
     .await
-}
-
-/// A PARKED order resumed by an operator (DLQ replay) follows the adapter
-/// active now: the version it was pinned to is what failed.
-pub async fn repin_adapter(
-    pool: &PgPool,
-    payment_order_id: Uuid,
-    sha256: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE payment_orders SET adapter_sha256 = $2 WHERE payment_order_id = $1 AND status = 'PARKED'")
-        .bind(payment_order_id)
-        .bind(sha256)
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 /// The retry for `attempt` has been picked up: it is no longer due.
 pub async fn clear_due_retry(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     payment_order_id: Uuid,
     attempt: i32,
 ) -> sqlx::Result<()> {
@@ -59,7 +47,7 @@ pub async fn clear_due_retry(
     )
     .bind(payment_order_id)
     .bind(attempt)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
