@@ -64,7 +64,7 @@ pub struct ReplayReport {
 impl ReplayReport {
     pub fn render(&self) -> String {
         let mut out = format!(
-            "replay of {} (sha256 {}) over {} recorded orders: {} same, {} changed, {} rejected\n",
+            "replay of {} (sha256 {}) over {} recorded order(s): {} same, {} changed, {} rejected\n",
             self.candidate,
             &self.sha256[..16.min(self.sha256.len())],
             self.orders,
