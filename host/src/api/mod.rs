@@ -98,8 +98,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// A request past its deadline is dropped (its database transaction rolls
-/// back with it) and answered 503 problem+json, like every other error.
+/// A request past its deadline is dropped (an open database transaction
+/// rolls back with it) and answered 503 problem+json, like every other
+/// error. Retrying with the same Idempotency-Key is safe either way.
 async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
@@ -107,7 +108,7 @@ async fn deadline(State(timeout): State<Duration>, request: Request, next: Next)
             StatusCode::SERVICE_UNAVAILABLE,
             "request-timeout",
             format!(
-                "no answer within {} ms; nothing was stored",
+                "no answer within {} ms; retry with the same Idempotency-Key",
                 timeout.as_millis()
             ),
         )

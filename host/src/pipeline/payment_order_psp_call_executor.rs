@@ -4,8 +4,9 @@
 //! - produces `payment_order_psp_result_updated_topic` (key paymentOrderId),
 //!   header `componentSha256` = the adapter that decided
 //! - idempotency: the `psp_attempts` row (order, attempt) is inserted *before*
-//!   the PSP call, in the same database transaction as the adapter pin. A redelivery finds it: with an outcome, the same result event
-//!   is re-produced without calling anything; without one (a crash mid-call),
+//!   the PSP call, in the same database transaction as the adapter pin. A
+//!   redelivery finds it: with an outcome, the same result event is
+//!   re-produced without calling anything; without one (a crash mid-call),
 //!   the charge may have happened, so only `status` is asked, never `charge`.
 //! - the adapter version is pinned per order at its first call; the PSP
 //!   idempotency key is the order's, identical for every attempt
