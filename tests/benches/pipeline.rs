@@ -23,6 +23,7 @@
 //! Run: `cargo bench -p paynode-tests --bench pipeline`
 //! Env: `PAYNODE_BENCH_PAYMENTS` (2000), `PAYNODE_BENCH_CLIENTS` (32),
 //! `PAYNODE_BENCH_POOL` (node pool size; default: test_config's),
+//! `PAYNODE_BENCH_WORKERS` (workers per Kafka stage, 1),
 //! `PAYNODE_LOG` (default `warn,sqlx=error` here), `PAYNODE_TEST_BROKERS`.
 
 use std::collections::HashMap;
@@ -394,6 +395,14 @@ async fn run() -> Result<()> {
     if let Ok(pool) = std::env::var("PAYNODE_BENCH_POOL") {
         config.database.max_connections = pool.parse().context("PAYNODE_BENCH_POOL")?;
     }
+    let workers = env_u64("PAYNODE_BENCH_WORKERS", 1).max(1) as usize;
+    let stages = &mut config.stages;
+    stages.payment_order_enqueuer = workers;
+    stages.psp_call_executor = workers;
+    stages.psp_result_applier = workers;
+    stages.ledger_request_dispatcher = workers;
+    stages.ledger_recording_consumer = workers;
+    stages.account_balance_consumer = workers;
     let pool_size = config.database.max_connections;
     let db_url = config.database.url.clone();
     let prefix = config.kafka.prefix.clone();
@@ -500,7 +509,7 @@ async fn run() -> Result<()> {
     println!();
     println!(
         "pipeline: {m} payments × 1 seller, {clients} concurrent clients, psp-simulator BEST_PSP_EVER latency=off, \
-         every stage 1 worker, node pool {pool_size} connections, {partitions} partitions, batches ≤ {stage_batch} records / {} ms; broker {brokers}; \
+         {workers} worker(s) per Kafka stage, node pool {pool_size} connections, {partitions} partitions, batches ≤ {stage_batch} records / {} ms; broker {brokers}; \
          PAYNODE_LOG={}",
         batch_wait.as_millis(),
         std::env::var("PAYNODE_LOG").unwrap_or_default()
