@@ -125,8 +125,8 @@ pub fn component_failure(slot: &'static str, class: &'static str) {
     counter!("component_failures_total", "slot" => slot, "class" => class).increment(1);
 }
 
-/// A shadow candidate's output against the active version's: same, changed
-/// or rejected (it failed or broke an invariant).
+/// A shadow candidate's output against the active version's: same, changed,
+/// rejected (it failed or broke an invariant) or skipped (runtime busy).
 pub fn component_shadow(slot: &'static str, result: &'static str) {
     counter!("component_shadow_total", "slot" => slot, "result" => result).increment(1);
 }

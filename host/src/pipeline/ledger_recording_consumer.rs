@@ -130,8 +130,9 @@ impl LedgerRecordingConsumer {
                 "rejected"
             }
             Err(Failure::Retryable(error)) => {
+                // The runtime was busy: no verdict on the candidate.
                 tracing::warn!(candidate = %candidate.loaded.sha256, error = %format!("{error:#}"), "shadow rules could not run");
-                "rejected"
+                "skipped"
             }
             Ok(shadow) if posting_lines(&shadow.journals) == posting_lines(&recorded.journals) => {
                 "same"
