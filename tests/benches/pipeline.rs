@@ -105,29 +105,43 @@ async fn post_payments(
                 if i >= count {
                     return anyhow::Ok(());
                 }
-                let seller = format!("seller-{}", i % 64);
-                let mut body = payment_body(&format!("{buyer}-{run_id}-{i}"), &[(&seller, 1000)]);
-                body["buyerId"] = buyer.clone().into();
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("Idempotency-Key", format!("{buyer}-{run_id}-{i}"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .context("POST /api/v1/payments")?;
-                let status = response.status();
-                if status.as_u16() != 202 {
-                    let text = response.text().await.unwrap_or_default();
-                    bail!("payment {i} answered {status}: {text}");
-                }
-                response.bytes().await?;
+                post_one(&http, &url, &token, &buyer, &run_id, i).await?;
             }
         });
     }
     while let Some(joined) = tasks.join_next().await {
         joined.context("client task panicked")??;
     }
+    Ok(())
+}
+
+/// Payment `{buyer}-{run_id}-{i}` (its Idempotency-Key too): one of 64
+/// sellers, 1000 minor units; an error unless answered 202.
+async fn post_one(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    buyer: &str,
+    run_id: &str,
+    i: u64,
+) -> Result<()> {
+    let key = format!("{buyer}-{run_id}-{i}");
+    let mut body = payment_body(&key, &[(&format!("seller-{}", i % 64), 1000)]);
+    body["buyerId"] = buyer.into();
+    let response = http
+        .post(url)
+        .bearer_auth(token)
+        .header("Idempotency-Key", &key)
+        .json(&body)
+        .send()
+        .await
+        .context("POST /api/v1/payments")?;
+    let status = response.status();
+    if status.as_u16() != 202 {
+        let text = response.text().await.unwrap_or_default();
+        bail!("payment {key} answered {status}: {text}");
+    }
+    response.bytes().await?;
     Ok(())
 }
 
@@ -150,23 +164,8 @@ async fn post_paced(
     for i in 0..count {
         tick.tick().await;
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
-        let key = format!("{buyer}-{run_id}-{i}");
-        let mut body = payment_body(&key, &[(&format!("seller-{}", i % 64), 1000)]);
-        body["buyerId"] = buyer.into();
-        tasks.spawn(async move {
-            let response = http
-                .post(&url)
-                .bearer_auth(&token)
-                .header("Idempotency-Key", &key)
-                .json(&body)
-                .send()
-                .await
-                .context("POST /api/v1/payments")?;
-            if response.status().as_u16() != 202 {
-                bail!("payment {key} answered {}", response.status());
-            }
-            anyhow::Ok(())
-        });
+        let (buyer, run_id) = (buyer.to_string(), run_id.to_string());
+        tasks.spawn(async move { post_one(&http, &url, &token, &buyer, &run_id, i).await });
     }
     while let Some(joined) = tasks.join_next().await {
         joined.context("client task panicked")??;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use paynode::cli::replay::{replay, ReplayReport, Verdict};
-use paynode::components::runtime::{CallEnv, Limits};
+use paynode::components::runtime::CallEnv;
 use paynode::components::{Runtime, Slot};
 use paynode_tests::*;
 
@@ -15,12 +15,7 @@ async fn replay_with(node: &TestNode, component: &str) -> ReplayReport {
     let runtime = Runtime::new(None).unwrap();
     let bytes = std::fs::read(component_path(component)).unwrap();
     let candidate = runtime.load(Slot::PostingRules, &bytes).await.unwrap();
-    let env = CallEnv {
-        limits: Limits::from_slot(&node.config.components.posting_rules),
-        http: None,
-        script: None,
-        trace_id: "replay-test".into(),
-    };
+    let env = CallEnv::offline(&node.config.components.posting_rules, "replay-test");
     replay(
         &node.pool,
         &runtime,

@@ -168,6 +168,18 @@ fn slot(text: &str) -> anyhow::Result<Slot> {
         .ok_or_else(|| anyhow::anyhow!("slot must be psp-adapter, retry-policy or posting-rules"))
 }
 
+/// Refuses a sha the registry does not hold, or holds for another slot.
+async fn ensure_stored(pool: &sqlx::PgPool, sha256: &str, slot: Slot) -> anyhow::Result<()> {
+    let (stored_slot, _) = plugins::bytes(pool, sha256)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no stored component with sha256 {sha256}"))?;
+    anyhow::ensure!(
+        stored_slot == slot.as_str(),
+        "{sha256} is a {stored_slot} component"
+    );
+    Ok(())
+}
+
 /// Fixture files: one file, or every `*.json` in a folder (sorted).
 pub fn fixture_files(path: &Path) -> anyhow::Result<Vec<(PathBuf, FixtureFile)>> {
     let paths: Vec<PathBuf> = if path.is_dir() {
@@ -221,12 +233,7 @@ pub async fn test_component(
             Slot::RetryPolicy => &config.components.retry_policy,
             Slot::PostingRules => &config.components.posting_rules,
         };
-        let env = crate::components::runtime::CallEnv {
-            limits: crate::components::runtime::Limits::from_slot(slot_config),
-            http: None,
-            script: None,
-            trace_id: "harness".into(),
-        };
+        let env = crate::components::runtime::CallEnv::offline(slot_config, "harness");
         let report = harness::run(&runtime, &loaded, &file, &env).await;
         passed &= report.passed();
         if json {
@@ -313,13 +320,7 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
             actor,
         } => {
             let slot = slot(&slot_name)?;
-            let (stored_slot, _) = plugins::bytes(&pool, &sha256)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no stored component with sha256 {sha256}"))?;
-            anyhow::ensure!(
-                stored_slot == slot.as_str(),
-                "{sha256} is a {stored_slot} component"
-            );
+            ensure_stored(&pool, &sha256, slot).await?;
             let map: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
             let activation = plugins::activate(
                 &pool,
@@ -371,13 +372,7 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
             );
             let sha256 = if off { None } else { sha256 };
             if let Some(sha) = &sha256 {
-                let (stored_slot, _) = plugins::bytes(&pool, sha)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("no stored component with sha256 {sha}"))?;
-                anyhow::ensure!(
-                    stored_slot == slot.as_str(),
-                    "{sha} is a {stored_slot} component"
-                );
+                ensure_stored(&pool, sha, slot).await?;
             }
             let map: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
             plugins::set_shadow(

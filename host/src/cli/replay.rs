@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::components::invariants::{check_journals, PostingScope};
-use crate::components::runtime::{CallEnv, Limits};
+use crate::components::runtime::CallEnv;
 use crate::components::{Loaded, Runtime, Slot};
 use crate::config::Config;
 use crate::domain::events::{FinalStatus, LedgerEntriesRecorded, OrderFinalized};
@@ -229,12 +229,7 @@ pub async fn run(config: &Config, options: Options<'_>) -> anyhow::Result<ExitCo
         .load(Slot::PostingRules, &bytes)
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", options.component.display()))?;
-    let env = CallEnv {
-        limits: Limits::from_slot(&config.components.posting_rules),
-        http: None,
-        script: None,
-        trace_id: "replay".into(),
-    };
+    let env = CallEnv::offline(&config.components.posting_rules, "replay");
     let pool = crate::store::connect(&config.database).await?;
     let progress = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("replaying {bar:30} {pos}/{len} orders")

@@ -66,6 +66,19 @@ pub struct CallEnv {
     pub trace_id: String,
 }
 
+impl CallEnv {
+    /// A slot's limits with no network and no script: a pure call, as the
+    /// harness, replay and component loading make.
+    pub fn offline(slot: &crate::config::SlotConfig, trace_id: &str) -> Self {
+        CallEnv {
+            limits: Limits::from_slot(slot),
+            http: None,
+            script: None,
+            trace_id: trace_id.to_string(),
+        }
+    }
+}
+
 enum Pre {
     Adapter(adapter::AdapterPre<HostState>),
     Policy(policy::PolicyPre<HostState>),
@@ -194,12 +207,7 @@ impl Runtime {
             size_bytes: bytes.len(),
             pre,
         };
-        let env = CallEnv {
-            limits: Limits::from_slot(&crate::config::SlotConfig::default()),
-            http: None,
-            script: None,
-            trace_id: String::new(),
-        };
+        let env = CallEnv::offline(&crate::config::SlotConfig::default(), "");
         let (name, version) = self.info(&loaded, &env).await?;
         if name.is_empty() || name.len() > 64 || version.is_empty() || version.len() > 32 {
             return Err(PluginError::InvalidOutput(
