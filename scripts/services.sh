@@ -3,7 +3,7 @@
 # run on 127.0.0.1, starting only what is missing. Idempotent.
 #
 #   scripts/services.sh up      # broker on 9092, durable (nisshi Postgres storage)
-#   scripts/services.sh test    # broker on 9094, in memory (fast, for tests)
+#   scripts/services.sh test    # brokers on 9094, in memory (fast), and 9092 (durable)
 #   scripts/services.sh down    # stops the brokers this script started
 #   scripts/services.sh status
 set -euo pipefail
@@ -86,8 +86,11 @@ case "${1:-up}" in
     # localhost, not 127.0.0.1: nisshi's Postgres client checks TLS names otherwise.
     start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable ;;
   test)
-    ensure_postgres; ensure_redis
-    start_broker 9094 "memory://nisshi/" broker-test ;;
+    # Memory storage on 9094 for speed; the durable broker on 9092 for the
+    # crash test (the memory engine can lose records of aborted transactions).
+    ensure_postgres; ensure_redis; ensure_broker_db
+    start_broker 9094 "memory://nisshi/" broker-test
+    start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable ;;
   down)
     stop_broker broker-durable; stop_broker broker-test ;;
   status)

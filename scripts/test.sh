@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/prereqs.sh
-bash scripts/services.sh test           # broker on :9094, memory storage: fast
+bash scripts/services.sh test           # brokers: :9094 memory storage (fast), :9092 durable (crash test)
 export PAYNODE_TEST_BROKERS=127.0.0.1:9094
+export PAYNODE_DURABLE_TEST_BROKERS=127.0.0.1:9092   # crash test
 
 echo "== components"
 cargo xtask components

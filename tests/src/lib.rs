@@ -36,6 +36,11 @@ pub fn brokers() -> String {
     std::env::var("PAYNODE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into())
 }
 
+/// The broker with durable (Postgres) storage, for tests that kill nodes.
+pub fn durable_brokers() -> String {
+    std::env::var("PAYNODE_DURABLE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
 const ADMIN_DB_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A fresh database named after `id`.
