@@ -230,6 +230,16 @@ pub struct PspConfig {
     /// `status` queries made to settle an unknown outcome before REQUIRES_REVIEW.
     pub status_checks: u32,
     pub status_check_delay_ms: u64,
+    /// How long an attempt's claim holds off a second holder (after a
+    /// rebalance). Must outlast the holder's longest possible charge plus
+    /// its status checks, so a holder that is still mid-charge is never
+    /// second-guessed by a `status` query.
+    pub claim_lease_ms: u64,
+    /// The review janitor's re-checks of an order in REQUIRES_REVIEW, in
+    /// seconds after the previous one; when spent, an admin decides.
+    pub review_schedule_secs: Vec<u64>,
+    /// How often the janitor looks for due re-checks.
+    pub review_poll_ms: u64,
 }
 
 impl Default for PspConfig {
@@ -237,7 +247,21 @@ impl Default for PspConfig {
         PspConfig {
             status_checks: 3,
             status_check_delay_ms: 200,
+            claim_lease_ms: 150_000,
+            review_schedule_secs: vec![60, 300, 1_800, 7_200, 86_400],
+            review_poll_ms: 5_000,
         }
+    }
+}
+
+impl PspConfig {
+    /// The longest one executor call of an order can take: the charge and
+    /// every status check, each bounded by the adapter's wall-clock cap.
+    pub fn longest_call(&self, adapter: &SlotConfig) -> std::time::Duration {
+        let calls = 1 + u64::from(self.status_checks);
+        std::time::Duration::from_millis(
+            calls * adapter.wall_ms + u64::from(self.status_checks) * self.status_check_delay_ms,
+        )
     }
 }
 
@@ -431,6 +455,34 @@ impl Config {
                 bail!("components.{name}: fuel, memory_bytes (>= 1 MiB) and wall_ms must be set");
             }
         }
+        self.validate_psp_limits()
+    }
+
+    /// The PSP limits must nest: one HTTP request fits in the wall-clock cap
+    /// (else the cap, not the request timeout, ends a call whose request is
+    /// at the PSP), and the claim lease outlasts the longest call.
+    fn validate_psp_limits(&self) -> anyhow::Result<()> {
+        let adapter = &self.components.psp_adapter;
+        if adapter.http_timeout_ms >= adapter.wall_ms {
+            bail!(
+                "components.psp_adapter.http_timeout_ms ({}) must be below wall_ms ({})",
+                adapter.http_timeout_ms,
+                adapter.wall_ms
+            );
+        }
+        let longest = self.psp.longest_call(adapter);
+        if u128::from(self.psp.claim_lease_ms) <= longest.as_millis() {
+            bail!(
+                "psp.claim_lease_ms ({}) must exceed the longest PSP call ({} ms: charge + {} status checks at wall_ms {})",
+                self.psp.claim_lease_ms,
+                longest.as_millis(),
+                self.psp.status_checks,
+                adapter.wall_ms
+            );
+        }
+        if self.psp.review_schedule_secs.contains(&0) {
+            bail!("psp.review_schedule_secs entries must be > 0");
+        }
         Ok(())
     }
 }
@@ -452,6 +504,17 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn psp_limits_must_nest() {
+        let mut config = Config::default();
+        config.components.psp_adapter.http_timeout_ms = config.components.psp_adapter.wall_ms;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.psp.claim_lease_ms = 1_000;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("claim_lease_ms"), "{error}");
     }
 
     #[test]

@@ -132,8 +132,56 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     })
 }
 
-/// Gauges that need polling: outbox backlog and consumer-group lag.
+/// Gauges that need polling: outbox backlog, the periodic reconciliation
+/// and (on a thread of its own) consumer-group lag.
 async fn gauges(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::Result<()> {
+    spawn_lag_probe(&ctx, shutdown.clone());
+    let mut round: u64 = 0;
+    loop {
+        // The periodic reconciliation (every ~minute), as gauges for alerts.
+        if round.is_multiple_of(12) {
+            if let Err(error) = reconcile_as_leader(&ctx.pool).await {
+                tracing::warn!(error = %format!("{error:#}"), "periodic reconciliation failed")
+            }
+        }
+        round += 1;
+        if let Ok(backlog) = store::outbox::backlog(&ctx.pool).await {
+            crate::metrics::outbox_backlog(backlog);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Any key will do as long as every node uses the same one.
+const RECONCILE_LOCK: i64 = 0x7061_796e_6f64_6501;
+
+/// One node at a time runs the checks: the one that gets the advisory lock
+/// for this round (the others skip it; their gauges keep the last values).
+async fn reconcile_as_leader(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let mut lock = pool.begin().await?;
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RECONCILE_LOCK)
+        .fetch_one(&mut *lock)
+        .await?;
+    let result = if leader {
+        store::reconcile::checks(pool, 300).await.map(|checks| {
+            for check in checks {
+                crate::metrics::reconcile_breaches(check.name, check.breaches);
+            }
+        })
+    } else {
+        Ok(())
+    };
+    lock.commit().await?;
+    result
+}
+
+/// Consumer-group lag every 5 s, from one probe consumer per group made
+/// once (not a fresh client per probe).
+fn spawn_lag_probe(ctx: &PipelineContext, shutdown: CancellationToken) {
     let groups = [
         ("payment_order_enqueuer", topic::PAYMENT_ORDER_CREATED),
         ("payment_order_psp_call_executor", topic::PSP_CALL_REQUESTED),
@@ -148,45 +196,32 @@ async fn gauges(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::Re
         ("ledger_recording_consumer", topic::LEDGER_RECORD_REQUEST),
         ("account_balance_consumer", topic::LEDGER_ENTRIES_RECORDED),
     ];
-    let mut round: u64 = 0;
-    loop {
-        // The periodic reconciliation (every ~minute), as gauges for alerts.
-        if round.is_multiple_of(12) {
-            match crate::cli::reconcile::checks(&ctx.pool, 300).await {
-                Ok(checks) => {
-                    for check in checks {
-                        crate::metrics::reconcile_breaches(check.name, check.breaches);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "periodic reconciliation failed")
-                }
-            }
-        }
-        round += 1;
-        if let Ok(backlog) = store::outbox::backlog(&ctx.pool).await {
-            crate::metrics::outbox_backlog(backlog);
-        }
-        let kafka = ctx.config.kafka.clone();
-        let names = ctx.names.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for (stage, base) in groups {
+    let kafka = ctx.config.kafka.clone();
+    let names = ctx.names.clone();
+    std::thread::spawn(move || {
+        let probes: Vec<(String, String, BaseConsumer)> = groups
+            .iter()
+            .filter_map(|(stage, base)| {
                 let group = names.group(stage);
-                if let Err(error) = record_lag(&kafka, &group, &names.topic(base)) {
+                let consumer = kafka::base_config(&kafka)
+                    .set("group.id", &group)
+                    .create()
+                    .ok()?;
+                Some((group, names.topic(base), consumer))
+            })
+            .collect();
+        while !shutdown.is_cancelled() {
+            for (group, topic, consumer) in &probes {
+                if let Err(error) = record_lag(consumer, group, topic) {
                     tracing::debug!(%error, group, "lag probe failed");
                 }
             }
-        })
-        .await;
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            std::thread::sleep(Duration::from_secs(5));
         }
-    }
+    });
 }
 
-fn record_lag(config: &crate::config::KafkaConfig, group: &str, topic: &str) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = kafka::base_config(config).set("group.id", group).create()?;
+fn record_lag(consumer: &BaseConsumer, group: &str, topic: &str) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(2);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut list = TopicPartitionList::new();

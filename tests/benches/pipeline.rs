@@ -77,7 +77,11 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         tokio::time::timeout(Duration::from_secs(170), run())
             .await
-            .context("pipeline bench did not finish within 170 s")?
+            .context("pipeline bench did not finish within 170 s")??;
+        let m = env_u64("PAYNODE_BENCH_COMMIT_PAYMENTS", 1000).max(1);
+        tokio::time::timeout(Duration::from_secs(120), commits_per_order(m))
+            .await
+            .context("commit count did not finish within 120 s")?
     })
 }
 
@@ -627,6 +631,96 @@ fn stage_table(metrics: &str) -> Vec<(String, u64, f64, f64)> {
             (stage, batches, records, seconds)
         })
         .collect()
+}
+
+/// Postgres commits per order: intake first on an HTTP-only node, then a
+/// stages-only node drains the pipeline (outbox → ledger → balances). Both
+/// figures come from `pg_stat_database.xact_commit` of the test database,
+/// read on a fresh connection after the node stopped (its backends flush
+/// their statistics when they exit); the bench's own polls are subtracted.
+/// Everything the stages node does counts, background work included.
+async fn commits_per_order(m: u64) -> Result<()> {
+    let base = test_config().await;
+    let db_url = base.database.url.clone();
+    let mut intake = base.clone();
+    let s = &mut intake.stages;
+    (
+        s.outbox_dispatcher,
+        s.payment_order_enqueuer,
+        s.psp_call_executor,
+    ) = (0, 0, 0);
+    (s.psp_result_applier, s.ledger_request_dispatcher) = (0, 0);
+    (
+        s.ledger_recording_consumer,
+        s.account_balance_consumer,
+        s.retry_scheduler,
+    ) = (0, 0, 0);
+    let start = xact_commit(&db_url).await?;
+    let node = TestNode::start(intake).await;
+    post_payments(&node, "commits", "commits", m, 32).await?;
+    stop(node).await;
+    let after_intake = xact_commit(&db_url).await?;
+
+    let mut stages = base;
+    stages.stages.http = false;
+    let node = TestNode::start(stages).await;
+    let probe = sqlx::PgPool::connect(&db_url).await?;
+    let mut polls = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        polls += 1;
+        let (recorded, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ledger_recordings),
+                    (SELECT count(*) FROM journal_entries j WHERE NOT EXISTS (SELECT 1 FROM applied_journals a WHERE a.journal_id = j.journal_id))",
+        )
+        .fetch_one(&probe)
+        .await?;
+        if recorded >= m as i64 && pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("stages node did not drain: {recorded} of {m} recorded, {pending} journals unapplied");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe.close().await;
+    stop(node).await;
+    let end = xact_commit(&db_url).await?;
+    // One commit for each earlier read, and the polls.
+    let intake_commits = after_intake - start - 1;
+    let stage_commits = end - after_intake - 1 - polls;
+    drop_database(&db_url).await;
+    println!();
+    println!("Postgres commits ({m} payments × 1 order; pg_stat_database.xact_commit, node start included):");
+    println!(
+        "  intake (HTTP-only node)        {intake_commits:>7}  = {:.2} per payment",
+        intake_commits as f64 / m as f64
+    );
+    let per_order = stage_commits as f64 / m as f64;
+    println!(
+        "  stages after intake            {stage_commits:>7}  = {per_order:.3} per order (goal ≤ 0.2: {})",
+        if per_order <= 0.2 { "MET" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+async fn stop(node: TestNode) {
+    let pool = node.pool.clone();
+    node.stop().await;
+    pool.close().await;
+    // Let the closed backends' statistics land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+async fn xact_commit(db_url: &str) -> Result<i64> {
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    let commits: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    Ok(commits)
 }
 
 async fn drop_database(db_url: &str) {

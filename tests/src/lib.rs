@@ -321,3 +321,52 @@ pub fn sha256_file(path: &std::path::Path) -> String {
         std::fs::read(path).expect("component built"),
     ))
 }
+
+/// A config whose simulator follows `script` / `status-script` (see the
+/// simulator's docs) and whose retries back off from `base_ms`.
+pub async fn scripted_config(script: &str, status_script: &str, base_ms: u64) -> Config {
+    let mut config = test_config().await;
+    config.components.psp_adapter.config = std::collections::BTreeMap::from([
+        ("scenario".into(), "scripted".into()),
+        ("script".into(), script.into()),
+        ("status-script".into(), status_script.into()),
+    ]);
+    config.components.retry_policy.config = std::collections::BTreeMap::from([
+        ("base-ms".into(), base_ms.to_string()),
+        ("cap-ms".into(), base_ms.to_string()),
+    ]);
+    config
+}
+
+/// Polls `check` every 100 ms until it holds, or panics naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Produces one event envelope to `topic` (full name), keyed `key`, outside
+/// any transaction: a redelivery as the broker would hand it over.
+pub async fn produce_event(brokers: &str, topic: &str, key: &str, event: &Value) {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let payload = serde_json::to_vec(event).expect("json");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+}

@@ -197,6 +197,7 @@ async fn poison_goes_to_its_dlq_parks_the_order_and_replay_completes_it() {
     let mut config = test_config().await;
     config.components.psp_adapter.fuel = 20_000_000;
     config.components.psp_adapter.wall_ms = 3_000;
+    config.components.psp_adapter.http_timeout_ms = 2_000;
     let node = TestNode::start(config).await;
     let registry = node.node.registry.clone();
     let hostile = std::fs::read(component_path("hostile-loop")).unwrap();
@@ -290,6 +291,7 @@ async fn poison_goes_to_its_dlq_parks_the_order_and_replay_completes_it() {
         "payment_order_psp_call_requested_topic",
         None,
         None,
+        "test",
     )
     .await
     .unwrap();

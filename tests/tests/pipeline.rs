@@ -2,7 +2,6 @@
 //! scripted) → retries → finalization → ledger → balances, plus redelivery,
 //! DLQ and review handling.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use paynode::config::Config;
@@ -10,17 +9,13 @@ use paynode_tests::*;
 use serde_json::{json, Value};
 
 async fn scripted(script: &str, status_script: &str) -> Config {
-    let mut config = test_config().await;
-    config.components.psp_adapter.config = BTreeMap::from([
-        ("scenario".into(), "scripted".into()),
-        ("script".into(), script.into()),
-        ("status-script".into(), status_script.into()),
-    ]);
     // Short backoff so retries happen in milliseconds.
-    config.components.retry_policy.config = BTreeMap::from([
-        ("base-ms".into(), "50".into()),
-        ("cap-ms".into(), "400".into()),
-    ]);
+    let mut config = scripted_config(script, status_script, 50).await;
+    config
+        .components
+        .retry_policy
+        .config
+        .insert("cap-ms".into(), "400".into());
     config
 }
 
@@ -59,21 +54,6 @@ async fn merchant_balance(node: &TestNode, seller: &str) -> i64 {
         .iter()
         .find(|a| a["account"] == format!("MERCHANT_ACCOUNT.{seller}.EUR"))
         .map_or(0, |a| a["balanceMinor"].as_i64().unwrap())
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn count(node: &TestNode, sql: &str, order: &str) -> i64 {

@@ -16,10 +16,10 @@ use super::AppState;
 use crate::components::harness::FixtureFile;
 use crate::components::registry::PushError;
 use crate::components::Slot;
-use crate::domain::events::{event_type, Envelope, FinalStatus, OrderFinalized};
-use crate::kafka::topic;
+use crate::domain::events::FinalStatus;
+use crate::domain::payment::OrderStatus;
 use crate::store::plugins::{self, Activation, PluginRow};
-use crate::store::{orders, outbox};
+use crate::store::{orders, reviews};
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -305,64 +305,25 @@ pub async fn resolve_review(
     let order = orders::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no payment order {id}")))?;
-    if order.status != "REQUIRES_REVIEW" {
+    if order.status != OrderStatus::RequiresReview {
         return Err(ApiError::conflict(
             "not-in-review",
-            format!("order is {}", order.status),
+            format!("order is {}", order.status.as_str()),
         ));
     }
-    let attempt = order.last_applied_attempt.max(1);
-    let trace_id: String =
-        sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
-            .bind(order.payment_id)
-            .fetch_one(&state.pool)
-            .await?;
-    let mut tx = state.pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE payment_orders SET status = $2, final_attempt = $3, psp_reference = $4, failure_reason = $5, updated_at = now()
-         WHERE payment_order_id = $1 AND status = 'REQUIRES_REVIEW'",
-    )
-    .bind(id)
-    .bind(if status == FinalStatus::Succeeded { "SUCCEEDED" } else { "FAILED" })
-    .bind(attempt)
-    .bind(&body.psp_reference)
-    .bind(&body.reason)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated != 1 {
-        tx.rollback().await?;
+    let settlement = reviews::Settlement {
+        status,
+        psp_reference: body.psp_reference.as_deref(),
+        reason: format!("resolved by {}: {}", principal.subject, body.reason),
+        actor: &principal.subject,
+        action: "resolve-review",
+        details: serde_json::json!({ "status": body.status, "pspReference": body.psp_reference, "reason": body.reason }),
+    };
+    if !reviews::settle(&state.pool, &order, &settlement).await? {
         return Err(ApiError::conflict(
             "not-in-review",
             "order changed concurrently",
         ));
     }
-    let key = id.to_string();
-    let finalized = OrderFinalized {
-        order: order.order_ref(),
-        status,
-        psp_reference: body.psp_reference.clone(),
-        final_attempt: attempt as u32,
-        reason: Some(format!(
-            "resolved by {}: {}",
-            principal.subject, body.reason
-        )),
-    };
-    let event = Envelope::new(
-        event_type::PAYMENT_ORDER_FINALIZED,
-        &key,
-        attempt as u32,
-        &trace_id,
-        None,
-        &finalized,
-    );
-    outbox::append(&mut tx, topic::PAYMENT_ORDER_FINALIZED, &[(key, event)]).await?;
-    sqlx::query("INSERT INTO admin_audit (actor, action, target, details) VALUES ($1, 'resolve-review', $2, $3)")
-        .bind(&principal.subject)
-        .bind(id.to_string())
-        .bind(serde_json::json!({ "status": body.status, "pspReference": body.psp_reference, "reason": body.reason }))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -497,7 +497,7 @@ pub async fn get(
                 payment_order_id: o.payment_order_id,
                 seller_id: o.seller_id,
                 amount: Money::new(o.amount_minor, &o.currency),
-                status: OrderStatus::parse(&o.status).unwrap_or(OrderStatus::Pending),
+                status: o.status,
                 psp_reference: o.psp_reference,
                 failure_reason: o.failure_reason,
                 next_retry_at: o.next_retry_at,

@@ -13,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::kafka::{self, header, topic, Names};
+use crate::store::orders::{self, Pin};
 
 #[derive(Subcommand, Debug)]
 pub enum DlqCommand {
@@ -123,22 +124,38 @@ pub fn read_all(config: &Config, dlq_topic: &str) -> anyhow::Result<Vec<DeadLett
     Ok(letters)
 }
 
+/// Re-produces the chosen letters to `base_topic`. First, each letter's
+/// PARKED order is resumed (PENDING) in the database, and a PSP call
+/// request's order is re-pinned to the adapter activation active now (the
+/// pinned one is what failed): only this explicit replay may re-pin, and
+/// the audit says so per order.
 pub async fn replay(
     config: &Config,
     base_topic: &str,
     partition: Option<i32>,
     offset: Option<i64>,
+    actor: &str,
 ) -> anyhow::Result<usize> {
     let names = Names::new(&config.kafka.prefix);
-    let letters = read_all(config, &names.dlq(base_topic))?;
+    let letters: Vec<DeadLetter> = read_all(config, &names.dlq(base_topic))?
+        .into_iter()
+        .filter(|l| {
+            partition.is_none_or(|p| p == l.partition) && offset.is_none_or(|o| o == l.offset)
+        })
+        .collect();
+    let pool = crate::store::connect(&config.database).await?;
+    let repin = if base_topic == topic::PSP_CALL_REQUESTED {
+        active_adapter(&pool).await?
+    } else {
+        None
+    };
+    resume_orders(&pool, &letters, repin.as_ref(), actor).await?;
     let producer: FutureProducer = kafka::base_config(&config.kafka)
         .set("enable.idempotence", "true")
         .create()?;
     let target = names.topic(base_topic);
     let mut replayed = 0;
-    for letter in letters.iter().filter(|l| {
-        partition.is_none_or(|p| p == l.partition) && offset.is_none_or(|o| o == l.offset)
-    }) {
+    for letter in &letters {
         let mut record = FutureRecord::to(&target).payload(&letter.payload);
         if let Some(key) = &letter.key {
             record = record.key(key);
@@ -149,7 +166,61 @@ pub async fn replay(
             .map_err(|(e, _)| anyhow::anyhow!("replaying offset {}: {e}", letter.offset))?;
         replayed += 1;
     }
+    pool.close().await;
     Ok(replayed)
+}
+
+async fn active_adapter(pool: &sqlx::PgPool) -> anyhow::Result<Option<Pin>> {
+    Ok(crate::store::plugins::active(pool)
+        .await?
+        .into_iter()
+        .find(|a| a.slot == crate::components::Slot::PspAdapter.as_str())
+        .map(|a| Pin {
+            sha256: a.sha256,
+            activation_id: a.id,
+        }))
+}
+
+/// PARKED → PENDING for every letter's order, each with its audit row.
+async fn resume_orders(
+    pool: &sqlx::PgPool,
+    letters: &[DeadLetter],
+    repin: Option<&Pin>,
+    actor: &str,
+) -> anyhow::Result<()> {
+    for letter in letters {
+        let Some(order_id) = letter_order(letter) else {
+            continue;
+        };
+        let mut tx = pool.begin().await?;
+        let resumed = orders::resume_parked(&mut tx, order_id, repin).await?;
+        if resumed {
+            sqlx::query("INSERT INTO admin_audit (actor, action, target, details) VALUES ($1, 'dlq-resume', $2, $3)")
+                .bind(actor)
+                .bind(order_id.to_string())
+                .bind(serde_json::json!({
+                    "dlqTopic": letter.topic, "offset": letter.offset,
+                    "repinnedTo": repin.map(|p| serde_json::json!({ "sha256": p.sha256, "activationId": p.activation_id })),
+                }))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The payment order a dead letter is about: the envelope's
+/// `paymentOrderId`, else a key that is one.
+fn letter_order(letter: &DeadLetter) -> Option<uuid::Uuid> {
+    let envelope: Option<crate::domain::events::Envelope> =
+        serde_json::from_slice(&letter.payload).ok();
+    envelope
+        .and_then(|e| e.data.get("paymentOrderId")?.as_str()?.parse().ok())
+        .or_else(|| {
+            let key = letter.key.as_deref()?;
+            std::str::from_utf8(key).ok()?.parse().ok()
+        })
 }
 
 pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
@@ -185,7 +256,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCod
             offset,
             actor,
         } => {
-            let count = replay(config, &base, partition, offset).await?;
+            let count = replay(config, &base, partition, offset, &actor).await?;
             let pool = crate::store::connect(&config.database).await?;
             crate::store::plugins::audit(
                 &pool,

@@ -17,11 +17,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::components::invariants::{check_journals, PostingScope};
+use crate::components::posting::{recorded_journals, rule_input};
 use crate::components::runtime::CallEnv;
 use crate::components::{Loaded, Runtime, Slot};
 use crate::config::Config;
 use crate::domain::events::{FinalStatus, LedgerEntriesRecorded, OrderFinalized};
-use crate::pipeline::ledger_recording_consumer::{posting_lines, recorded_journals, rule_input};
+use crate::domain::ledger::posting_lines;
 use crate::store::payments::OrderRow;
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -119,7 +120,7 @@ async fn judge(
     let order = &row.order;
     let finalized = OrderFinalized {
         order: order.order_ref(),
-        status: if order.status == "SUCCEEDED" {
+        status: if order.status == crate::domain::payment::OrderStatus::Succeeded {
             FinalStatus::Succeeded
         } else {
             FinalStatus::Failed

@@ -21,6 +21,11 @@ pub enum PluginError {
     /// imports something outside it.
     #[error("component refused: {0}")]
     InvalidComponent(String),
+    /// The call failed (trap, cap, limit) after one of its HTTP requests
+    /// had left: the PSP may have acted on it, so for a charge this is an
+    /// unknown outcome to settle with `status`, never a refusal.
+    #[error("component failed after an HTTP request left: {0}")]
+    AfterRequest(String),
     /// No capacity right now (instance pool exhausted); retry later.
     #[error("component runtime unavailable: {0}")]
     Unavailable(String),
@@ -35,6 +40,7 @@ impl PluginError {
             PluginError::ResourceLimit(_) => "resource_limit",
             PluginError::InvalidOutput(_) => "invalid_output",
             PluginError::InvalidComponent(_) => "invalid_component",
+            PluginError::AfterRequest(_) => "after_request",
             PluginError::Unavailable(_) => "unavailable",
         }
     }

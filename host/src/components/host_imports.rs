@@ -3,7 +3,7 @@
 //! per-store memory limiter.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub struct HostState {
     pub plugin: String,
     pub trace_id: String,
     pub http_requests: u32,
+    /// Set once a request has been handed to the network: from then on a
+    /// failure of the call may hide a PSP-side effect. Shared, because a
+    /// call cut off by the wall-clock cap drops its store.
+    pub request_left: Arc<AtomicBool>,
     /// Milliseconds spent awaiting host calls (not the guest's CPU time).
     pub host_wait_ms: u64,
 }
@@ -52,6 +56,7 @@ impl HostState {
             plugin: plugin.to_string(),
             trace_id: String::new(),
             http_requests: 0,
+            request_left: Arc::new(AtomicBool::new(false)),
             host_wait_ms: 0,
         }
     }
@@ -129,6 +134,7 @@ impl http::Host for HostState {
             }
         };
         let started = std::time::Instant::now();
+        self.request_left.store(true, Ordering::SeqCst);
         let result = execute(&policy, prepared).await;
         self.host_wait_ms += started.elapsed().as_millis() as u64;
         result

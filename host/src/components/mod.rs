@@ -11,6 +11,7 @@ pub mod error;
 pub mod harness;
 pub mod host_imports;
 pub mod invariants;
+pub mod posting;
 pub mod registry;
 pub mod runtime;
 pub mod slot;

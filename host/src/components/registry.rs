@@ -38,6 +38,8 @@ pub struct Registry {
     shadows: [ArcSwapOption<Active>; 3],
     /// Every version loaded so far, by sha (orders pin adapter versions).
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Activations that orders are pinned to, by id (they never change).
+    activations: Mutex<HashMap<i64, Arc<Active>>>,
     http_client: reqwest::Client,
     /// Shared once, not copied per call.
     secrets: Arc<BTreeMap<String, String>>,
@@ -63,6 +65,7 @@ impl Registry {
             slots: Default::default(),
             shadows: Default::default(),
             loaded: Mutex::new(HashMap::new()),
+            activations: Mutex::new(HashMap::new()),
             http_client: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()
@@ -113,6 +116,37 @@ impl Registry {
     /// The shadow candidate of `slot`, if one is set.
     pub fn shadow(&self, slot: Slot) -> Option<Arc<Active>> {
         self.shadows[index(slot)].load_full()
+    }
+
+    /// A specific activation: the component and the config it was approved
+    /// with (an order's PSP calls all use the activation it was pinned to).
+    pub async fn activation(&self, slot: Slot, id: i64) -> Result<Arc<Active>, PluginError> {
+        if let Some(active) = self.slots[index(slot)]
+            .load_full()
+            .filter(|a| a.activation_id == id)
+        {
+            return Ok(active);
+        }
+        if let Some(cached) = self.activations.lock().unwrap().get(&id).cloned() {
+            return Ok(cached);
+        }
+        let row = plugins::activation(&self.pool, id)
+            .await
+            .map_err(|e| PluginError::Unavailable(format!("registry read: {e}")))?
+            .ok_or_else(|| PluginError::InvalidComponent(format!("no activation {id}")))?;
+        if row.slot != slot.as_str() {
+            return Err(PluginError::InvalidComponent(format!(
+                "activation {id} is for {}",
+                row.slot
+            )));
+        }
+        let active = Arc::new(Active {
+            loaded: self.by_sha(slot, &row.sha256).await?,
+            config: row.config_pairs(),
+            activation_id: id,
+        });
+        self.activations.lock().unwrap().insert(id, active.clone());
+        Ok(active)
     }
 
     /// A specific version (e.g. the adapter an order is pinned to).

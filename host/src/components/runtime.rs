@@ -422,15 +422,16 @@ impl Runtime {
             .await
             .map_err(|_| PluginError::Unavailable("runtime shut down".into()))?;
         let store = self.store(loaded, env);
+        let request_left = store.data().request_left.clone();
         let started = Instant::now();
         let outcome = tokio::time::timeout(env.limits.wall, call(store)).await;
         let wall = started.elapsed();
-        match outcome {
-            Err(_) => Err(PluginError::Timeout(format!(
+        let failure = match outcome {
+            Err(_) => PluginError::Timeout(format!(
                 "wall-clock cap of {} ms reached",
                 env.limits.wall.as_millis()
-            ))),
-            Ok(Err(error)) => Err(classify(error, env)),
+            )),
+            Ok(Err(error)) => classify(error, env),
             Ok(Ok((value, store))) => {
                 let state = store.data();
                 let stats = CallStats {
@@ -439,9 +440,13 @@ impl Runtime {
                     wall,
                     host_wait_ms: state.host_wait_ms,
                 };
-                Ok((value, stats))
+                return Ok((value, stats));
             }
+        };
+        if request_left.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PluginError::AfterRequest(failure.to_string()));
         }
+        Err(failure)
     }
 
     pub fn engine(&self) -> &Engine {

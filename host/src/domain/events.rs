@@ -125,6 +125,29 @@ pub enum FinalStatus {
     Failed,
 }
 
+impl FinalStatus {
+    /// The final status an order has, if it has one.
+    pub fn of(status: crate::domain::payment::OrderStatus) -> Option<Self> {
+        use crate::domain::payment::OrderStatus;
+        match status {
+            OrderStatus::Succeeded => Some(FinalStatus::Succeeded),
+            OrderStatus::Failed => Some(FinalStatus::Failed),
+            OrderStatus::Initiated
+            | OrderStatus::Pending
+            | OrderStatus::RequiresReview
+            | OrderStatus::Parked => None,
+        }
+    }
+
+    pub fn order_status(self) -> crate::domain::payment::OrderStatus {
+        use crate::domain::payment::OrderStatus;
+        match self {
+            FinalStatus::Succeeded => OrderStatus::Succeeded,
+            FinalStatus::Failed => OrderStatus::Failed,
+        }
+    }
+}
+
 /// Payload of both `PaymentOrderFinalized` and `LedgerRecordingRequested`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

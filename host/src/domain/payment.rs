@@ -47,6 +47,66 @@ impl OrderStatus {
     pub fn is_final(self) -> bool {
         matches!(self, OrderStatus::Succeeded | OrderStatus::Failed)
     }
+
+    /// May `transition` start from this status? The one place the order
+    /// state machine is written down: the store's guarded updates bind
+    /// [`Transition::sources`], so SQL and code can never disagree.
+    pub fn allows(self, transition: Transition) -> bool {
+        use OrderStatus::*;
+        match transition {
+            // A PSP call may only start for an order nobody settled or set
+            // aside; PARKED waits for the explicit `dlq replay`.
+            Transition::StartPspCall => matches!(self, Initiated | Pending),
+            Transition::Finalize | Transition::ScheduleRetry | Transition::RequireReview => {
+                matches!(self, Initiated | Pending)
+            }
+            // A review is a human's (or the janitor's) business, and final is final.
+            Transition::Park => matches!(self, Initiated | Pending),
+            Transition::Resume => matches!(self, Parked),
+            Transition::SettleReview => matches!(self, RequiresReview),
+        }
+    }
+}
+
+/// The guarded changes of a payment order's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The executor claims an attempt (INITIATED becomes PENDING).
+    StartPspCall,
+    /// A succeeded or declined result, or giving up after transients.
+    Finalize,
+    /// A transient result with the policy's next due time.
+    ScheduleRetry,
+    /// An unknown outcome that `status` did not settle.
+    RequireReview,
+    /// Its event went to a DLQ.
+    Park,
+    /// `dlq replay` puts a parked order back on the road.
+    Resume,
+    /// The janitor's `status` answer or an admin settles a review.
+    SettleReview,
+}
+
+impl Transition {
+    /// The statuses this transition may start from, as stored text.
+    pub fn sources(self) -> Vec<&'static str> {
+        OrderStatus::ALL
+            .into_iter()
+            .filter(|status| status.allows(self))
+            .map(OrderStatus::as_str)
+            .collect()
+    }
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 6] = [
+        OrderStatus::Initiated,
+        OrderStatus::Pending,
+        OrderStatus::Succeeded,
+        OrderStatus::Failed,
+        OrderStatus::RequiresReview,
+        OrderStatus::Parked,
+    ];
 }
 
 /// The outcome of one PSP call as the host records it.
@@ -116,5 +176,39 @@ impl PspOutcome {
             message: Some(reason),
             psp_reference: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_and_review_orders_accept_no_psp_call_and_no_parking() {
+        for status in [
+            OrderStatus::Succeeded,
+            OrderStatus::Failed,
+            OrderStatus::RequiresReview,
+            OrderStatus::Parked,
+        ] {
+            assert!(!status.allows(Transition::StartPspCall), "{status:?}");
+            assert!(!status.allows(Transition::Park), "{status:?}");
+            assert!(!status.allows(Transition::Finalize), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn only_parked_resumes_and_only_review_settles() {
+        assert_eq!(Transition::Resume.sources(), vec!["PARKED"]);
+        assert_eq!(Transition::SettleReview.sources(), vec!["REQUIRES_REVIEW"]);
+        assert_eq!(Transition::Park.sources(), vec!["INITIATED", "PENDING"]);
+    }
+
+    #[test]
+    fn every_status_round_trips_through_text() {
+        for status in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OrderStatus::parse("pending"), None);
     }
 }

@@ -55,33 +55,45 @@ impl Stage for AccountBalanceConsumer {
         unreachable!("handle_batch is overridden")
     }
 
-    /// One DB transaction for the whole batch.
+    /// One DB transaction for the whole batch. If the batch fails for a
+    /// reason that will repeat (say a balance would leave the bigint range),
+    /// each record is applied on its own: the poisoned one goes to the DLQ
+    /// and every other seller's balance still moves.
     async fn handle_batch(&self, batch: &[Inbound], _concurrency: usize) -> Vec<Decision> {
         let parsed: Vec<Result<Vec<String>, Failure>> = batch.iter().map(journals_of).collect();
-        let mut journal_ids: Vec<String> = parsed
+        let all: Vec<String> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok())
             .flatten()
             .cloned()
             .collect();
+        match self.apply(all).await {
+            Ok(()) => parsed.into_iter().map(|p| p.map(|_| Vec::new())).collect(),
+            Err(Failure::Poison { class, message }) => {
+                tracing::warn!(class, %message, "balance batch failed for good; applying record by record");
+                let mut decisions = Vec::with_capacity(parsed.len());
+                for journals in parsed {
+                    decisions.push(match journals {
+                        Ok(journals) => self.apply(journals).await.map(|()| Vec::new()),
+                        Err(failure) => Err(failure),
+                    });
+                }
+                decisions
+            }
+            Err(Failure::Retryable(error)) => Failure::retry_all(batch.len(), &error),
+        }
+    }
+}
+
+impl AccountBalanceConsumer {
+    async fn apply(&self, mut journal_ids: Vec<String>) -> Result<(), Failure> {
         journal_ids.sort();
         journal_ids.dedup();
-        let applied = ledger::apply_to_balances(&self.ctx.pool, &journal_ids).await;
-        match applied {
-            Ok(rows) => {
-                if let Err(error) = self.cache.store(&rows).await {
-                    // The cache is not the truth; readers fall back to Postgres.
-                    tracing::warn!(error = %format!("{error:#}"), "balance cache refresh failed");
-                }
-                parsed.into_iter().map(|p| p.map(|_| Vec::new())).collect()
-            }
-            Err(error) => {
-                let message = format!("{error:#}");
-                batch
-                    .iter()
-                    .map(|_| Err(Failure::Retryable(anyhow::anyhow!("{message}"))))
-                    .collect()
-            }
+        let rows = ledger::apply_to_balances(&self.ctx.pool, &journal_ids).await?;
+        if let Err(error) = self.cache.store(&rows).await {
+            // The cache is not the truth; readers fall back to Postgres.
+            tracing::warn!(error = %format!("{error:#}"), "balance cache refresh failed");
         }
+        Ok(())
     }
 }

@@ -10,21 +10,23 @@
 //!   never re-runs the rule (a rule swapped in between cannot post twice)
 //! - DLQ: undecodable events, rule errors, invariant violations, component failures
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use uuid::Uuid;
 
-use super::stage_loop::{Decision, Failure, Outbound, Stage};
+use super::stage_loop::{
+    bounded, decode, deterministic_class, Decision, Failure, Inbound, Outbound, Stage,
+};
 use super::PipelineContext;
-use crate::components::bindings::rules::paynode::posting_rules::types as wit;
 use crate::components::invariants::{check_journals, PostingScope};
+use crate::components::posting::{recorded_journals, rule_input};
 use crate::components::registry::Active;
 use crate::components::Slot;
-use crate::domain::events::{
-    event_type, Envelope, FinalStatus, LedgerEntriesRecorded, OrderFinalized, RecordedJournal,
-    RecordedPosting,
-};
+use crate::domain::events::{event_type, Envelope, LedgerEntriesRecorded, OrderFinalized};
+use crate::domain::ledger::posting_lines;
 use crate::kafka::topic;
 use crate::store::ledger;
 
@@ -146,80 +148,16 @@ impl LedgerRecordingConsumer {
     }
 }
 
-/// What the posting rules see of a finalized order.
-pub fn rule_input(finalized: &OrderFinalized) -> wit::FinalizedOrder {
-    wit::FinalizedOrder {
-        payment_order_id: finalized.order.payment_order_id.to_string(),
-        payment_id: finalized.order.payment_id.to_string(),
-        seller_id: finalized.order.seller_id.clone(),
-        amount: wit::Money {
-            quantity: finalized.order.amount.quantity,
-            currency: finalized.order.amount.currency.clone(),
-        },
-        status: match finalized.status {
-            FinalStatus::Succeeded => wit::OrderStatus::Succeeded,
-            FinalStatus::Failed => wit::OrderStatus::Failed,
-        },
-        psp_reference: finalized.psp_reference.clone().unwrap_or_default(),
-    }
-}
-
-/// The rule's entries (already checked) as the journals the ledger stores.
-pub fn recorded_journals(
-    order_id: uuid::Uuid,
-    currency: &str,
-    entries: Vec<wit::JournalEntry>,
-) -> Vec<RecordedJournal> {
-    entries
-        .into_iter()
-        .map(|entry| RecordedJournal {
-            journal_id: journal_id(order_id, &entry.kind, &entry.key),
-            kind: entry.kind,
-            currency: currency.to_string(),
-            postings: entry
-                .postings
-                .into_iter()
-                .map(|p| RecordedPosting {
-                    account: p.account,
-                    side: match p.side {
-                        wit::Side::Debit => "debit".into(),
-                        wit::Side::Credit => "credit".into(),
-                    },
-                    amount_minor: p.amount.quantity,
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// One line per posting (`journal account side amount currency`), sorted:
-/// two journal sets are equal when their lines are.
-pub fn posting_lines(journals: &[RecordedJournal]) -> BTreeSet<String> {
-    journals
-        .iter()
-        .flat_map(|j| {
-            j.postings.iter().map(move |p| {
-                format!(
-                    "{} {} {} {} {}",
-                    j.journal_id, p.account, p.side, p.amount_minor, j.currency
-                )
-            })
-        })
-        .collect()
-}
-
-/// Deterministic and unique per (order, kind, key).
-pub fn journal_id(order_id: uuid::Uuid, kind: &str, key: &str) -> String {
-    if key.is_empty() {
-        format!("{kind}:{order_id}")
-    } else {
-        format!("{kind}:{order_id}:{key}")
-    }
-}
-
-fn recorded_event(envelope: &Envelope, recorded: &LedgerEntriesRecorded) -> Outbound {
+/// The recorded event's id follows the finalized attempt it records, so two
+/// finalizations of one order (e.g. an admin's after a review) never share it.
+fn recorded_event(envelope: &Envelope, attempt: u32, recorded: &LedgerEntriesRecorded) -> Outbound {
     let aggregate = recorded.payment_order_id.to_string();
-    let event = envelope.child(event_type::LEDGER_ENTRIES_RECORDED, &aggregate, 1, recorded);
+    let event = envelope.child(
+        event_type::LEDGER_ENTRIES_RECORDED,
+        &aggregate,
+        attempt,
+        recorded,
+    );
     Outbound::new(
         topic::LEDGER_ENTRIES_RECORDED,
         recorded.seller_id.clone(),
@@ -237,18 +175,138 @@ impl Stage for LedgerRecordingConsumer {
         topic::LEDGER_RECORD_REQUEST
     }
 
-    async fn handle(&self, envelope: &Envelope) -> Decision {
-        if let Some(recorded) = ledger::find_recording(&self.ctx.pool, envelope.event_id).await? {
-            return Ok(vec![recorded_event(envelope, &recorded)]);
-        }
-        let finalized: OrderFinalized = envelope.payload().map_err(|e| Failure::Poison {
-            class: "undecodable",
-            message: format!("bad LedgerRecordingRequested: {e}"),
-        })?;
-        let recorded = self.run_rules(envelope, &finalized).await?;
-        let recorded = ledger::record(&self.ctx.pool, &recorded, &envelope.trace_id).await?;
-        tracing::info!(journals = recorded.journals.len(), rule = %recorded.rule_sha256, "ledger entries recorded");
-        self.shadow(envelope, &finalized, &recorded).await;
-        Ok(vec![recorded_event(envelope, &recorded)])
+    async fn handle(&self, _envelope: &Envelope) -> Decision {
+        unreachable!("handle_batch is overridden")
     }
+
+    /// The whole batch at once: recordings already made are re-emitted,
+    /// the rules run concurrently for the rest, and every new recording is
+    /// written in one transaction. Records of one seller are not serialized:
+    /// their journals belong to different orders and commute.
+    async fn handle_batch(&self, batch: &[Inbound], concurrency: usize) -> Vec<Decision> {
+        let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
+        let mut items = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            match decode_item(record) {
+                Ok(item) => items.push((index, item)),
+                Err(failure) => decisions[index] = Some(Err(failure)),
+            }
+        }
+        let ids: Vec<Uuid> = items.iter().map(|(_, (e, _))| e.event_id).collect();
+        let existing = match ledger::find_recordings(&self.ctx.pool, &ids).await {
+            Ok(existing) => existing,
+            Err(error) => return Failure::retry_all(batch.len(), &error.into()),
+        };
+        let mut rules: Vec<BoxFuture<'_, (usize, Result<LedgerEntriesRecorded, Failure>)>> =
+            Vec::new();
+        for (index, (envelope, finalized)) in &items {
+            if !existing.contains_key(&envelope.event_id) {
+                let index = *index;
+                rules.push(Box::pin(async move {
+                    (index, self.run_rules(envelope, finalized).await)
+                }));
+            }
+        }
+        let ruled = bounded(rules, concurrency).await;
+        let mut fresh = Vec::new();
+        for (index, result) in ruled {
+            match result {
+                Ok(recorded) => fresh.push((index, recorded)),
+                Err(failure) => decisions[index] = Some(Err(failure)),
+            }
+        }
+        let traces: HashMap<usize, &str> = items
+            .iter()
+            .map(|(index, (e, _))| (*index, e.trace_id.as_str()))
+            .collect();
+        let written = match self.write(&fresh, &traces).await {
+            Ok(written) => written,
+            Err(error) => return Failure::retry_all(batch.len(), &error),
+        };
+        for (index, (envelope, finalized)) in &items {
+            if decisions[*index].is_some() {
+                continue;
+            }
+            let decision = match existing.get(&envelope.event_id) {
+                Some(recorded) => Ok(vec![recorded_event(
+                    envelope,
+                    finalized.final_attempt,
+                    recorded,
+                )]),
+                None => match &written[index] {
+                    Ok(recorded) => {
+                        tracing::info!(journals = recorded.journals.len(), rule = %recorded.rule_sha256, "ledger entries recorded");
+                        self.shadow(envelope, finalized, recorded).await;
+                        Ok(vec![recorded_event(
+                            envelope,
+                            finalized.final_attempt,
+                            recorded,
+                        )])
+                    }
+                    Err((class, message)) => Err(Failure::Poison {
+                        class,
+                        message: message.clone(),
+                    }),
+                },
+            };
+            decisions[*index] = Some(decision);
+        }
+        decisions
+            .into_iter()
+            .map(|d| d.expect("every record decided"))
+            .collect()
+    }
+}
+
+type Written = HashMap<usize, Result<LedgerEntriesRecorded, (&'static str, String)>>;
+
+impl LedgerRecordingConsumer {
+    /// All new recordings in one transaction. If that fails for good (a
+    /// data or constraint error), each alone: only the bad one is poisoned.
+    async fn write(
+        &self,
+        fresh: &[(usize, LedgerEntriesRecorded)],
+        traces: &HashMap<usize, &str>,
+    ) -> anyhow::Result<Written> {
+        let rows: Vec<(&LedgerEntriesRecorded, &str)> =
+            fresh.iter().map(|(i, r)| (r, traces[i])).collect();
+        let mut written = Written::new();
+        match ledger::record_all(&self.ctx.pool, &rows).await {
+            Ok(mut recorded) => {
+                for (index, r) in fresh {
+                    let kept = recorded.remove(&r.source_event_id).expect("recorded");
+                    written.insert(*index, Ok(kept));
+                }
+            }
+            Err(error) if deterministic_class(&error).is_some() => {
+                for ((index, r), row) in fresh.iter().zip(&rows) {
+                    match ledger::record_all(&self.ctx.pool, std::slice::from_ref(row)).await {
+                        Ok(mut recorded) => {
+                            written.insert(
+                                *index,
+                                Ok(recorded.remove(&r.source_event_id).expect("recorded")),
+                            );
+                        }
+                        Err(error) => match deterministic_class(&error) {
+                            Some(class) => {
+                                written.insert(*index, Err((class, format!("{error:#}"))));
+                            }
+                            None => return Err(error.into()),
+                        },
+                    }
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+        Ok(written)
+    }
+}
+
+fn decode_item(record: &Inbound) -> Result<(Envelope, OrderFinalized), Failure> {
+    let envelope = decode(record)?;
+    let finalized: OrderFinalized = envelope.payload().map_err(|e| Failure::Poison {
+        class: "undecodable",
+        message: format!("bad LedgerRecordingRequested: {e}"),
+    })?;
+    Ok((envelope, finalized))
 }

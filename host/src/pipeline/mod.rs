@@ -12,6 +12,7 @@
 //! | account_balance_consumer | ledger_entries_recorded_topic | account_balances, Redis cache | sellerId |
 
 pub mod account_balance_consumer;
+pub mod dlq;
 pub mod ledger_recording_consumer;
 pub mod ledger_recording_request_dispatcher;
 pub mod outbox_dispatcher;
@@ -19,6 +20,7 @@ pub mod payment_order_enqueuer;
 pub mod payment_order_psp_call_executor;
 pub mod payment_order_psp_result_applier;
 pub mod retry_dispatcher_scheduler;
+pub mod review_janitor;
 pub mod stage_loop;
 
 use std::sync::Arc;
@@ -115,6 +117,9 @@ pub fn spawn_all(
             worker,
             shutdown.clone(),
         ));
+    }
+    if stages.psp_call_executor > 0 {
+        tasks.spawn(review_janitor::run(ctx.clone(), shutdown.clone()));
     }
     for worker in 0..stages.retry_scheduler {
         tasks.spawn(retry_dispatcher_scheduler::run(

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::stage_loop::{is_fatal, send, Outbound};
+use super::stage_loop::{send, Outbound};
 use super::PipelineContext;
 use crate::domain::events::Envelope;
 use crate::kafka;
+use crate::kafka::transaction::{self, TxnError};
 use crate::store::outbox;
 
 /// How often worker 0 maintains partitions.
@@ -116,7 +117,6 @@ async fn publish_claimed(
     worker: &str,
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
 ) -> Result<usize, DispatchError> {
-    use rdkafka::producer::Producer;
     let rows = outbox::claim(tx, ctx.config.outbox.batch_size).await?;
     if rows.is_empty() {
         return Ok(0);
@@ -142,26 +142,17 @@ async fn publish_claimed(
     if outputs.is_empty() {
         return Ok(0);
     }
-    let timeout = Duration::from_secs(30);
-    let kafka_error = |error: rdkafka::error::KafkaError| {
-        if is_fatal(&error) {
-            DispatchError::Fatal(error.into())
-        } else {
-            DispatchError::Retry(error.into())
-        }
+    let queue = || {
+        outputs
+            .iter()
+            .try_for_each(|out| send(producer, &ctx.names, out))
     };
-    producer.begin_transaction().map_err(kafka_error)?;
-    for out in &outputs {
-        if let Err(error) = send(producer, &ctx.names, out) {
-            let _ = producer.abort_transaction(timeout);
-            return Err(DispatchError::Retry(error));
+    match transaction::produce(producer, queue, None) {
+        Ok(()) => {}
+        Err(TxnError::Fatal(error)) => return Err(DispatchError::Fatal(error)),
+        Err(TxnError::Aborted(reason)) => {
+            return Err(DispatchError::Retry(anyhow::anyhow!(reason)))
         }
-    }
-    if let Err(error) = tokio::task::block_in_place(|| producer.commit_transaction(timeout)) {
-        if !is_fatal(&error) {
-            let _ = producer.abort_transaction(timeout);
-        }
-        return Err(kafka_error(error));
     }
     outbox::mark(tx, &rows, "SENT").await?;
     Ok(rows.len())

@@ -8,65 +8,254 @@
 //!   redelivery finds it: with an outcome, the same result event is
 //!   re-produced without calling anything; without one (a crash mid-call),
 //!   the charge may have happened, so only `status` is asked, never `charge`.
-//! - the adapter version is pinned per order at its first call; the PSP
-//!   idempotency key is the order's, identical for every attempt
+//! - the adapter *activation* (component + config) is pinned per order at
+//!   its first call and only `dlq replay` re-pins; the PSP idempotency key is
+//!   the order's, identical for every attempt
+//! - a claim is a lease: a second holder waits for it to expire before it
+//!   settles the attempt by `status`, so a holder still mid-charge is never
+//!   second-guessed
+//! - a component failure after a request left is `unknown` (settled by
+//!   `status`), never a DLQ
 //! - DLQ: undecodable or inconsistent events; a failing adapter component
 //!   (trap, timeout, memory) parks the order with its claim open
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use uuid::Uuid;
 
-use super::stage_loop::{Decision, Failure, Outbound, Stage};
+use super::stage_loop::{bounded, decode, rounds, Decision, Failure, Inbound, Outbound, Stage};
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
-use crate::components::{Loaded, Slot};
+use crate::components::registry::Active;
+use crate::components::{Loaded, PluginError, Slot};
 use crate::domain::events::{event_type, Envelope, PspCallRequested, PspResultUpdated};
-use crate::domain::payment::{OrderStatus, OutcomeKind, PspOutcome};
+use crate::domain::payment::{OutcomeKind, PspOutcome, Transition};
 use crate::kafka::{header, topic};
-use crate::store::attempts::{self, Claim};
-use crate::store::orders;
+use crate::store::attempts::{self, Claim, ClaimRequest, Claimant, Finish};
+use crate::store::orders::{self, Pin};
 use crate::store::payments::{AttemptRow, OrderRow};
 
 pub struct PaymentOrderPspCallExecutor {
     ctx: PipelineContext,
+    /// `instance#boot`: names this process's claims, so after a restart the
+    /// node knows its own earlier claims are orphaned (nobody is mid-call).
+    holder: String,
 }
 
-/// What `prepare` settled for one call request.
-struct Prepared {
+/// One decoded call request.
+struct Item {
+    envelope: Envelope,
+    request: PspCallRequested,
+}
+
+/// A claimed attempt, ready for the PSP.
+struct Call<'a> {
+    index: usize,
+    item: &'a Item,
     order: OrderRow,
-    adapter: std::sync::Arc<Loaded>,
-    config: Vec<(String, String)>,
-    /// None: the request is stale (order final, in review, or attempt applied).
-    claim: Option<Claim>,
+    adapter: Arc<Active>,
+    claim: Claim,
+}
+
+/// A finished call: the record's index, its request, what the call gave.
+type CallDone<'a> = (usize, &'a Item, Result<Called, Failure>);
+
+/// What calling the PSP for one claim gave.
+enum Called {
+    /// The attempt already had an outcome (a replay): re-emit it.
+    Recorded(AttemptRow),
+    /// A new outcome to record.
+    Fresh(Finish, Arc<Active>),
 }
 
 impl PaymentOrderPspCallExecutor {
     pub fn new(ctx: PipelineContext) -> Self {
-        PaymentOrderPspCallExecutor { ctx }
+        let holder = format!(
+            "{}#{}",
+            ctx.config.stages.instance_id,
+            Uuid::new_v4().simple()
+        );
+        PaymentOrderPspCallExecutor { ctx, holder }
     }
 
-    /// In one database transaction, before any PSP call: pins the adapter,
-    /// checks the request against the stored order, and claims the attempt
-    /// (None for a stale request). One commit makes the claim durable.
-    async fn prepare(
+    fn claimant<'a>(&'a self, trace_id: &'a str) -> Claimant<'a> {
+        Claimant {
+            node_id: &self.holder,
+            trace_id,
+            lease: Duration::from_millis(self.ctx.config.psp.claim_lease_ms),
+        }
+    }
+
+    fn decode_item(&self, record: &Inbound) -> Result<Item, Failure> {
+        let envelope = decode(record)?;
+        let request: PspCallRequested = envelope.payload().map_err(|e| Failure::Poison {
+            class: "undecodable",
+            message: format!("bad PaymentOrderPspCallRequested: {e}"),
+        })?;
+        if request.attempt == 0 || request.attempt > self.ctx.config.retry.max_attempts {
+            return Err(Failure::Poison {
+                class: "invalid_event",
+                message: format!(
+                    "attempt {} outside 1..={}",
+                    request.attempt, self.ctx.config.retry.max_attempts
+                ),
+            });
+        }
+        Ok(Item { envelope, request })
+    }
+
+    /// One round (each order at most once): claims in one transaction,
+    /// PSP calls concurrently, outcomes recorded in one statement.
+    async fn round(
+        &self,
+        round: &[&(usize, Item)],
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<(usize, Decision)>> {
+        let (mut decided, calls) = self.prepare(round).await?;
+        let mut futures: Vec<BoxFuture<'_, CallDone<'_>>> = Vec::with_capacity(calls.len());
+        for call in calls {
+            futures.push(Box::pin(async move {
+                let (index, item) = (call.index, call.item);
+                (index, item, self.call(call).await)
+            }));
+        }
+        let called = bounded(futures, concurrency).await;
+        let finishes: Vec<&Finish> = called
+            .iter()
+            .filter_map(|(_, _, c)| match c {
+                Ok(Called::Fresh(finish, _)) => Some(finish),
+                _ => None,
+            })
+            .collect();
+        let recorded = attempts::finish_all(&self.ctx.pool, &finishes).await?;
+        for (index, item, result) in called {
+            let (envelope, request) = (&item.envelope, &item.request);
+            let decision = result.and_then(|called| {
+                let row = match called {
+                    Called::Recorded(row) => row,
+                    Called::Fresh(finish, adapter) => {
+                        let key = (finish.payment_order_id, finish.attempt);
+                        let row = recorded.get(&key).cloned().ok_or_else(|| {
+                            Failure::Retryable(anyhow::anyhow!("attempt {key:?} vanished"))
+                        })?;
+                        tracing::info!(attempt = finish.attempt, outcome = ?row.outcome, latency_ms = finish.latency_ms, component = %adapter.loaded.name, "PSP call done");
+                        row
+                    }
+                };
+                let outcome = from_row(&row).ok_or_else(|| {
+                    Failure::Retryable(anyhow::anyhow!("attempt without an outcome"))
+                })?;
+                Ok(vec![result_event(envelope, request, outcome, &row)])
+            });
+            decided.push((index, decision));
+        }
+        Ok(decided)
+    }
+
+    /// In one database transaction, before any PSP call: pins each order's
+    /// activation (first call only), checks each request against its order,
+    /// and claims the attempts. One commit makes the claims durable.
+    async fn prepare<'a>(
+        &self,
+        round: &[&'a (usize, Item)],
+    ) -> anyhow::Result<(Vec<(usize, Decision)>, Vec<Call<'a>>)> {
+        let active = match self.ctx.registry.active(Slot::PspAdapter) {
+            Ok(active) => active,
+            Err(error) => anyhow::bail!("{error}"),
+        };
+        let pin = Pin {
+            sha256: active.loaded.sha256.clone(),
+            activation_id: active.activation_id,
+        };
+        let ids: Vec<Uuid> = round
+            .iter()
+            .map(|(_, item)| item.request.order.payment_order_id)
+            .collect();
+        let mut tx = self.ctx.pool.begin().await?;
+        let prepared = self.claim_round(&mut tx, round, &ids, &pin).await;
+        // End the transaction on every path: a dropped sqlx transaction
+        // keeps its row locks until its connection is reused.
+        match prepared {
+            Ok(prepared) => {
+                tx.commit().await?;
+                Ok(prepared)
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn claim_round<'a>(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        envelope: &Envelope,
-        request: &PspCallRequested,
-    ) -> Result<Prepared, Failure> {
-        let active = self
-            .ctx
-            .registry
-            .active(Slot::PspAdapter)
-            .map_err(Failure::from)?;
+        round: &[&'a (usize, Item)],
+        ids: &[Uuid],
+        pin: &Pin,
+    ) -> anyhow::Result<(Vec<(usize, Decision)>, Vec<Call<'a>>)> {
+        let mut orders = orders::start_psp_calls(tx, ids, pin).await?;
+        let mut decided = Vec::new();
+        let mut wanted = Vec::new();
+        for (index, item) in round.iter().map(|entry| (entry.0, &entry.1)) {
+            match self
+                .check(item, orders.remove(&item.request.order.payment_order_id))
+                .await
+            {
+                Ok(Some((order, adapter))) => wanted.push((index, item, order, adapter)),
+                Ok(None) => decided.push((index, Ok(Vec::new()))),
+                Err(failure) => decided.push((index, Err(failure))),
+            }
+        }
+        let requests: Vec<ClaimRequest> = wanted
+            .iter()
+            .map(|(_, item, order, adapter)| {
+                (
+                    order.payment_order_id,
+                    item.request.attempt as i32,
+                    order.psp_idempotency_key.clone(),
+                    adapter.loaded.sha256.clone(),
+                    item.envelope.trace_id.clone(),
+                )
+            })
+            .collect();
+        let mut claims = attempts::claim_all(tx, &requests, &self.claimant("")).await?;
+        let due: Vec<(Uuid, i32)> = requests.iter().map(|r| (r.0, r.1)).collect();
+        orders::clear_due_retries(tx, &due).await?;
+        let calls = wanted
+            .into_iter()
+            .map(|(index, item, order, adapter)| {
+                let key = (order.payment_order_id, item.request.attempt as i32);
+                let claim = claims.remove(&key).expect("claimed or found");
+                Call {
+                    index,
+                    item,
+                    order,
+                    adapter,
+                    claim,
+                }
+            })
+            .collect();
+        Ok((decided, calls))
+    }
+
+    /// The request against its order: None when stale (order settled,
+    /// parked or in review, or not exactly the next attempt), else the
+    /// order and its pinned activation.
+    async fn check(
+        &self,
+        item: &Item,
+        order: Option<OrderRow>,
+    ) -> Result<Option<(OrderRow, Arc<Active>)>, Failure> {
+        let request = &item.request;
         let order_id = request.order.payment_order_id;
-        let order = orders::pin_adapter(tx, order_id, &active.loaded.sha256)
-            .await?
-            .ok_or_else(|| Failure::Poison {
-                class: "invalid_event",
-                message: format!("unknown payment order {order_id}"),
-            })?;
+        let order = order.ok_or_else(|| Failure::Poison {
+            class: "invalid_event",
+            message: format!("unknown payment order {order_id}"),
+        })?;
         if order.amount_minor != request.order.amount.quantity
             || order.seller_id != request.order.seller_id
         {
@@ -75,48 +264,105 @@ impl PaymentOrderPspCallExecutor {
                 message: "event disagrees with the stored payment order".into(),
             });
         }
-        let pinned = order
-            .adapter_sha256
-            .clone()
-            .unwrap_or_else(|| active.loaded.sha256.clone());
-        let adapter = if pinned == active.loaded.sha256 {
-            active.loaded.clone()
-        } else {
-            self.ctx
-                .registry
-                .by_sha(Slot::PspAdapter, &pinned)
-                .await
-                .map_err(Failure::from)?
-        };
         let attempt = request.attempt as i32;
-        let status = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending);
-        let stale = status.is_final()
-            || status == OrderStatus::RequiresReview
-            || attempt <= order.last_applied_attempt;
-        let claim = if stale {
-            None
-        } else {
-            let claim = attempts::claim(
-                tx,
-                order_id,
-                attempt,
-                &order.psp_idempotency_key,
-                &adapter.sha256,
-                &envelope.trace_id,
-                &self.ctx.config.stages.instance_id,
-            )
-            .await?;
-            if order.next_attempt == Some(attempt) {
-                orders::clear_due_retry(tx, order_id, attempt).await?;
+        if !order.status.allows(Transition::StartPspCall)
+            || attempt != order.last_applied_attempt + 1
+        {
+            tracing::info!(%order_id, attempt, status = order.status.as_str(), last_applied = order.last_applied_attempt, "stale PSP call request ignored");
+            return Ok(None);
+        }
+        let activation_id = order.adapter_activation_id.ok_or_else(|| Failure::Poison {
+            class: "invariant_broken",
+            message: format!("order {order_id} has no pinned adapter activation"),
+        })?;
+        let adapter = self
+            .ctx
+            .registry
+            .activation(Slot::PspAdapter, activation_id)
+            .await
+            .map_err(Failure::from)?;
+        Ok(Some((order, adapter)))
+    }
+
+    /// Calls the PSP for one claimed attempt (only `status` when an earlier
+    /// holder may have charged).
+    async fn call(&self, call: Call<'_>) -> Result<Called, Failure> {
+        let trace_id = &call.item.envelope.trace_id;
+        let may_have_charged = match call.claim {
+            Claim::New => false,
+            Claim::Existing(row) => {
+                let row = self.await_claim(*row, trace_id).await?;
+                if row.outcome.is_some() {
+                    return Ok(Called::Recorded(row));
+                }
+                true
             }
-            Some(claim)
         };
-        Ok(Prepared {
-            order,
-            adapter,
-            config: active.config.clone(),
-            claim,
-        })
+        let (order_id, attempt) = (call.order.payment_order_id, call.item.request.attempt);
+        let started = Instant::now();
+        let charge = charge_request(&call.order, attempt);
+        let adapter = &call.adapter;
+        match self
+            .call_psp(
+                &adapter.loaded,
+                &adapter.config,
+                &charge,
+                may_have_charged,
+                trace_id,
+            )
+            .await
+        {
+            Ok((outcome, settled, calls)) => {
+                crate::metrics::psp_call(outcome.kind.as_str(), started);
+                let finish = Finish {
+                    payment_order_id: order_id,
+                    attempt: attempt as i32,
+                    outcome,
+                    latency_ms: started.elapsed().as_millis() as i64,
+                    settled_by_status: settled,
+                    component_calls: calls,
+                };
+                Ok(Called::Fresh(finish, call.adapter))
+            }
+            Err(failure) => {
+                // The component failed before any request left: nobody is
+                // mid-charge, so `dlq replay` need not wait out the lease.
+                attempts::release(&self.ctx.pool, order_id, attempt as i32, &self.holder).await?;
+                Err(failure)
+            }
+        }
+    }
+
+    /// An open claim of another holder: it may be mid-charge, so wait for
+    /// its lease to run out (a claim of this node's earlier life is
+    /// orphaned at once), then take it over, unless its outcome arrives.
+    async fn await_claim(
+        &self,
+        mut row: AttemptRow,
+        trace_id: &str,
+    ) -> Result<AttemptRow, Failure> {
+        let (order_id, attempt) = (row.payment_order_id, row.attempt);
+        let instance = format!("{}#", self.ctx.config.stages.instance_id);
+        loop {
+            if row.outcome.is_some() {
+                return Ok(row);
+            }
+            let orphaned = row.node_id.starts_with(&instance) && row.node_id != self.holder;
+            let wait = (row.lease_until - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            if !orphaned && !wait.is_zero() {
+                tracing::info!(%order_id, attempt, holder = %row.node_id, wait_ms = wait.as_millis() as u64, "attempt claimed elsewhere; waiting for its lease");
+                tokio::time::sleep(wait + Duration::from_millis(50)).await;
+            }
+            let claimant = self.claimant(trace_id);
+            if let Some(taken) =
+                attempts::take_over(&self.ctx.pool, order_id, attempt, &claimant, orphaned).await?
+            {
+                return Ok(taken);
+            }
+            row = attempts::get(&self.ctx.pool, order_id, attempt).await?;
+        }
     }
 
     /// Calls `charge` (or only `status` when a previous call may have
@@ -143,7 +389,13 @@ impl PaymentOrderPspCallExecutor {
                 started,
                 result.as_ref().err(),
             );
-            result.map_err(Failure::from)?.0
+            match result {
+                Ok((outcome, _)) => outcome,
+                // The PSP may have acted on the request that left: a
+                // question for `status`, never a refusal.
+                Err(PluginError::AfterRequest(reason)) => wit::Outcome::Unknown(reason),
+                Err(error) => return Err(Failure::from(error)),
+            }
         };
         let mut settled_by_status = false;
         let psp = &self.ctx.config.psp;
@@ -194,7 +446,7 @@ fn from_row(row: &AttemptRow) -> Option<PspOutcome> {
     })
 }
 
-fn charge_request(order: &OrderRow, attempt: u32) -> wit::ChargeRequest {
+pub(super) fn charge_request(order: &OrderRow, attempt: u32) -> wit::ChargeRequest {
     wit::ChargeRequest {
         payment_order_id: order.payment_order_id.to_string(),
         payment_id: order.payment_id.to_string(),
@@ -212,10 +464,13 @@ fn result_event(
     envelope: &Envelope,
     request: &PspCallRequested,
     outcome: PspOutcome,
-    latency_ms: i64,
-    sha: &str,
-    settled: bool,
+    row: &AttemptRow,
 ) -> Outbound {
+    let (latency_ms, sha, settled) = (
+        row.latency_ms.unwrap_or(0),
+        row.component_sha256.as_str(),
+        row.settled_by_status,
+    );
     let key = request.order.payment_order_id.to_string();
     let result = PspResultUpdated {
         order: request.order.clone(),
@@ -247,95 +502,33 @@ impl Stage for PaymentOrderPspCallExecutor {
         topic::PSP_CALL_REQUESTED
     }
 
-    async fn handle(&self, envelope: &Envelope) -> Decision {
-        let request: PspCallRequested = envelope.payload().map_err(|e| Failure::Poison {
-            class: "undecodable",
-            message: format!("bad PaymentOrderPspCallRequested: {e}"),
-        })?;
-        if request.attempt == 0 || request.attempt > self.ctx.config.retry.max_attempts {
-            return Err(Failure::Poison {
-                class: "invalid_event",
-                message: format!(
-                    "attempt {} outside 1..={}",
-                    request.attempt, self.ctx.config.retry.max_attempts
-                ),
-            });
+    async fn handle(&self, _envelope: &Envelope) -> Decision {
+        unreachable!("handle_batch is overridden")
+    }
+
+    async fn handle_batch(&self, batch: &[Inbound], concurrency: usize) -> Vec<Decision> {
+        let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
+        let mut items = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            match self.decode_item(record) {
+                Ok(item) => items.push((index, item)),
+                Err(failure) => decisions[index] = Some(Err(failure)),
+            }
         }
-        let mut tx = self.ctx.pool.begin().await?;
-        let prepared = self.prepare(&mut tx, envelope, &request).await;
-        // End the transaction on every path: a dropped sqlx transaction keeps
-        // its row lock until its connection is reused.
-        let Prepared {
-            order,
-            adapter,
-            config,
-            claim,
-        } = match prepared {
-            Ok(prepared) => {
-                tx.commit().await?;
-                prepared
-            }
-            Err(failure) => {
-                let _ = tx.rollback().await;
-                return Err(failure);
-            }
-        };
-        let order_id = order.payment_order_id;
-        let attempt = request.attempt as i32;
-        let may_have_charged = match claim {
-            None => {
-                tracing::info!(attempt, status = %order.status, "stale PSP call request ignored");
-                return Ok(Vec::new());
-            }
-            Some(Claim::Existing(row)) => {
-                if let Some(outcome) = from_row(&row) {
-                    // Replay: same result event, no PSP call.
-                    let latency = row.latency_ms.unwrap_or(0);
-                    return Ok(vec![result_event(
-                        envelope,
-                        &request,
-                        outcome,
-                        latency,
-                        &row.component_sha256,
-                        row.settled_by_status,
-                    )]);
+        for round in rounds(&items, |item| item.request.order.payment_order_id) {
+            let round: Vec<&(usize, Item)> = round.into_iter().map(|i| &items[i]).collect();
+            match self.round(&round, concurrency).await {
+                Ok(decided) => {
+                    for (index, decision) in decided {
+                        decisions[index] = Some(decision);
+                    }
                 }
-                true
+                Err(error) => return Failure::retry_all(batch.len(), &error),
             }
-            Some(Claim::New) => false,
-        };
-        let started = Instant::now();
-        let charge = charge_request(&order, request.attempt);
-        let (outcome, settled, calls) = self
-            .call_psp(
-                &adapter,
-                &config,
-                &charge,
-                may_have_charged,
-                &envelope.trace_id,
-            )
-            .await?;
-        let latency_ms = started.elapsed().as_millis() as i64;
-        crate::metrics::psp_call(outcome.kind.as_str(), started);
-        let row = attempts::finish(
-            &self.ctx.pool,
-            order_id,
-            attempt,
-            &outcome,
-            latency_ms,
-            settled,
-            calls,
-        )
-        .await?;
-        let recorded = from_row(&row).unwrap_or(outcome);
-        tracing::info!(attempt, outcome = recorded.kind.as_str(), latency_ms, component = %adapter.name, "PSP call done");
-        Ok(vec![result_event(
-            envelope,
-            &request,
-            recorded,
-            latency_ms,
-            &row.component_sha256,
-            row.settled_by_status,
-        )])
+        }
+        decisions
+            .into_iter()
+            .map(|d| d.expect("every record decided"))
+            .collect()
     }
 }

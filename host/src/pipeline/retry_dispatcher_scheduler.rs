@@ -11,12 +11,13 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use super::stage_loop::{is_fatal, send, Outbound};
+use super::stage_loop::{send, Outbound};
 use super::PipelineContext;
 use crate::domain::events::{event_type, Envelope, PspCallRequested};
+use crate::kafka::transaction::{self, TxnError};
 use crate::kafka::{self, topic};
 use crate::store::orders;
 
@@ -46,10 +47,7 @@ pub async fn run(
             }
             Err(error) => {
                 crate::metrics::retry_event("failed");
-                if error
-                    .downcast_ref::<rdkafka::error::KafkaError>()
-                    .is_some_and(is_fatal)
-                {
+                if matches!(error.downcast_ref::<TxnError>(), Some(TxnError::Fatal(_))) {
                     return Err(error);
                 }
                 tracing::warn!(error = %format!("{error:#}"), "retry dispatch failed");
@@ -85,28 +83,17 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
     if due.is_empty() {
         return Ok(0);
     }
-    let timeout = Duration::from_secs(30);
-    let produced = (|| -> anyhow::Result<()> {
-        producer.begin_transaction()?;
-        for event in &due {
-            let out = Outbound::new(
-                topic::PSP_CALL_REQUESTED,
-                event.aggregate_id.clone(),
-                event.clone(),
-            );
-            if let Err(error) = send(producer, &ctx.names, &out) {
-                let _ = producer.abort_transaction(timeout);
-                return Err(error);
-            }
-        }
-        if let Err(error) = tokio::task::block_in_place(|| producer.commit_transaction(timeout)) {
-            if !is_fatal(&error) {
-                let _ = producer.abort_transaction(timeout);
-            }
-            return Err(error.into());
-        }
-        Ok(())
-    })();
+    let queue = || {
+        due.iter().try_for_each(|event| {
+            let key = event.aggregate_id.clone();
+            send(
+                producer,
+                &ctx.names,
+                &Outbound::new(topic::PSP_CALL_REQUESTED, key, event.clone()),
+            )
+        })
+    };
+    let produced = transaction::produce(producer, queue, None).map_err(anyhow::Error::from);
     if let Err(error) = produced {
         ctx.retry_queue.release(&due, now_ms).await?;
         return Err(error);

@@ -16,20 +16,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::events::Envelope;
+use crate::kafka::transaction::{self, Offsets, TxnError};
 use crate::kafka::{self, header, Names};
 
-use super::PipelineContext;
+use super::{dlq, PipelineContext};
 
 /// One consumed record.
 #[derive(Clone, Debug)]
@@ -86,27 +87,68 @@ impl From<crate::components::PluginError> for Failure {
     }
 }
 
-/// A dead-lettered record's payment order becomes PARKED (final orders stay
-/// final), so it is visible until `dlq replay` resumes it.
-pub async fn park_order(
-    pool: &sqlx::PgPool,
-    record: &Inbound,
-    envelope: Option<&Envelope>,
-    reason: &str,
-) -> anyhow::Result<()> {
-    if let Some(order_id) = order_id_of(record, envelope) {
-        crate::store::orders::park(pool, order_id, reason).await?;
-    }
-    Ok(())
-}
-
+/// A database error that will repeat on every retry (bad data, a violated
+/// constraint, a value the domain cannot read) is the record's problem: it
+/// goes to the DLQ. Connection, pool, serialization and deadlock errors may
+/// pass: the batch is retried with backoff.
 impl From<sqlx::Error> for Failure {
     fn from(error: sqlx::Error) -> Self {
+        if let Some(class) = deterministic_class(&error) {
+            return Failure::Poison {
+                class,
+                message: format!("{error:#}"),
+            };
+        }
         Failure::Retryable(error.into())
     }
 }
 
+/// `Some(class)` when retrying cannot help: SQLSTATE class 22 (data
+/// exception, e.g. `bigint out of range`, NUL in text) or 23 (integrity
+/// constraint), or a stored value this code cannot decode.
+pub fn deterministic_class(error: &sqlx::Error) -> Option<&'static str> {
+    match error {
+        sqlx::Error::Database(db) => match db.code().as_deref().map(|c| c.get(..2)) {
+            Some(Some("22")) => Some("database_data"),
+            Some(Some("23")) => Some("database_constraint"),
+            _ => None,
+        },
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => Some("database_decode"),
+        _ => None,
+    }
+}
+
 pub type Decision = Result<Vec<Outbound>, Failure>;
+
+impl Failure {
+    /// Every record of a batch that failed as a whole, for a retry.
+    pub fn retry_all(records: usize, error: &anyhow::Error) -> Vec<Decision> {
+        let message = format!("{error:#}");
+        (0..records)
+            .map(|_| Err(Failure::Retryable(anyhow::anyhow!("{message}"))))
+            .collect()
+    }
+}
+
+/// Splits a batch's items into rounds that hold each key at most once, in
+/// batch order: a stage that decides a round at once sees every aggregate
+/// as the previous round left it.
+pub fn rounds<T, K: std::hash::Hash + Eq>(
+    items: &[(usize, T)],
+    key: impl Fn(&T) -> K,
+) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<K, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (position, (_, item)) in items.iter().enumerate() {
+        let round = seen.entry(key(item)).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(position);
+        *round += 1;
+    }
+    rounds
+}
 
 /// A Kafka → Kafka stage: decode → decide → encode.
 #[async_trait]
@@ -153,6 +195,16 @@ pub trait Stage: Send + Sync + 'static {
             .map(|d| d.expect("every record decided"))
             .collect()
     }
+}
+
+/// Runs `futures` at most `limit` at a time; results in completion order.
+/// The futures are boxed so that `async_trait`'s `Send` bound does not have
+/// to see through closures borrowing the batch.
+pub async fn bounded<'a, T: Send + 'a>(futures: Vec<BoxFuture<'a, T>>, limit: usize) -> Vec<T> {
+    futures::stream::iter(futures)
+        .buffer_unordered(limit.max(1))
+        .collect()
+        .await
 }
 
 pub fn decode(record: &Inbound) -> Result<Envelope, Failure> {
@@ -256,12 +308,16 @@ pub fn rewind(consumer: &StageConsumer, batch: &[Inbound]) -> bool {
         *entry = (*entry).min(record.offset);
     }
     for ((topic, partition), offset) in first {
-        if let Err(error) = consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(5),
-        ) {
+        // seek blocks until the fetcher moved: off the async worker.
+        let seek = tokio::task::block_in_place(|| {
+            consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+        });
+        if let Err(error) = seek {
             tracing::warn!(%error, topic, partition, "seek after abort failed; rebuilding the consumer");
             return false;
         }
@@ -332,66 +388,7 @@ pub fn send(producer: &FutureProducer, names: &Names, out: &Outbound) -> anyhow:
     Ok(())
 }
 
-fn send_to_dlq(
-    producer: &FutureProducer,
-    names: &Names,
-    stage: &str,
-    record: &Inbound,
-    class: &str,
-    message: &str,
-) -> anyhow::Result<()> {
-    let logical = names.strip(&record.topic).unwrap_or(&record.topic);
-    let topic = names.dlq(logical);
-    let partition = record.partition.to_string();
-    let offset = record.offset.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: header::DLQ_ERROR_CLASS,
-            value: Some(class),
-        })
-        .insert(Header {
-            key: header::DLQ_ERROR_MESSAGE,
-            value: Some(message),
-        })
-        .insert(Header {
-            key: header::DLQ_STAGE,
-            value: Some(stage),
-        })
-        .insert(Header {
-            key: header::DLQ_ORIGINAL_TOPIC,
-            value: Some(logical),
-        })
-        .insert(Header {
-            key: header::DLQ_ORIGINAL_PARTITION,
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: header::DLQ_ORIGINAL_OFFSET,
-            value: Some(&offset),
-        });
-    let mut dlq_record = FutureRecord::to(&topic)
-        .payload(&record.payload)
-        .headers(headers);
-    if let Some(key) = &record.key {
-        dlq_record = dlq_record.key(key);
-    }
-    producer
-        .send_result(dlq_record)
-        .map_err(|(error, _)| anyhow::anyhow!("queueing DLQ record: {error}"))?;
-    Ok(())
-}
-
-/// Is this Kafka error the end of this producer (fenced, fatal)?
-pub fn is_fatal(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::Transaction(e) => e.is_fatal(),
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::ProducerFenced)
-                | Some(rdkafka::types::RDKafkaErrorCode::Fatal)
-        ),
-    }
-}
+pub use crate::kafka::transaction::is_fatal;
 
 /// Test fault injection: abort the next N transactions before commit.
 #[derive(Default)]
@@ -425,7 +422,6 @@ pub async fn run<S: Stage>(
     let mut consumer = consumer(&ctx, &group, std::slice::from_ref(&input))?;
     let txid = names.transactional_id(stage.name(), &ctx.config.stages.instance_id, worker);
     let producer = kafka::transactional_producer(kafka, &txid)?;
-    let timeout = Duration::from_secs(30);
     let wait = Duration::from_millis(kafka.batch_max_wait_ms);
     tracing::info!(stage = stage.name(), worker, %input, "stage worker started");
     let mut backoff = Duration::from_millis(100);
@@ -457,11 +453,16 @@ pub async fn run<S: Stage>(
         backoff = Duration::from_millis(100);
 
         match commit_batch(
-            &*stage, &ctx, &consumer, &producer, &batch, decisions, &failpoint, timeout,
+            &*stage, &ctx, &consumer, &producer, &batch, decisions, &failpoint,
         )
         .await
         {
-            Ok(()) => crate::metrics::stage_batch(stage.name(), "committed", batch.len(), started),
+            Ok(parkings) => {
+                // Parked only once its DLQ record is committed: an aborted
+                // transaction must not leave a PARKED order without one.
+                dlq::park_all(&ctx.pool, stage.name(), parkings, &shutdown).await;
+                crate::metrics::stage_batch(stage.name(), "committed", batch.len(), started)
+            }
             Err(CommitError::Fatal(error)) => {
                 crate::metrics::stage_batch(stage.name(), "fatal", batch.len(), started);
                 return Err(error);
@@ -498,9 +499,9 @@ async fn commit_batch<S: Stage>(
     batch: &[Inbound],
     decisions: Vec<Decision>,
     failpoint: &AbortFailpoint,
-    timeout: Duration,
-) -> Result<(), CommitError> {
+) -> Result<Vec<dlq::Parking>, CommitError> {
     let names = &ctx.names;
+    let mut parkings = Vec::new();
     let produces = decisions
         .iter()
         .any(|d| !matches!(d, Ok(outputs) if outputs.is_empty()));
@@ -513,78 +514,57 @@ async fn commit_batch<S: Stage>(
             ));
         }
         let offsets = next_offsets(batch).map_err(|e| CommitError::Aborted(format!("{e:#}")))?;
-        return consumer
-            .commit(&offsets, CommitMode::Sync)
+        // rdkafka's commit blocks until the broker answers.
+        return tokio::task::block_in_place(|| consumer.commit(&offsets, CommitMode::Sync))
+            .map(|()| Vec::new())
             .map_err(|e| CommitError::Aborted(format!("offset commit: {e}")));
     }
-    producer
-        .begin_transaction()
-        .map_err(|e| fatal_or_aborted(e, "begin"))?;
-    let abort = |reason: String| {
-        if let Err(error) = producer.abort_transaction(timeout) {
-            if is_fatal(&error) {
-                return CommitError::Fatal(anyhow::anyhow!("abort failed: {error}"));
-            }
-        }
-        CommitError::Aborted(reason)
-    };
-    for (record, decision) in batch.iter().zip(decisions) {
-        let queued = match decision {
-            Ok(outputs) => outputs
-                .iter()
-                .try_for_each(|out| send(producer, names, out)),
-            Err(Failure::Poison { class, message }) => {
-                let envelope = decode(record).ok();
-                tracing::error!(stage = stage.name(), topic = %record.topic, offset = record.offset, class, %message, "poison message to DLQ");
-                crate::metrics::dlq(stage.name(), stage.input_topic(), class);
-                if let Err(error) = park_order(&ctx.pool, record, envelope.as_ref(), &message).await
-                {
-                    return Err(abort(format!("parking the order: {error:#}")));
-                }
-                send_to_dlq(producer, names, stage.name(), record, class, &message)
-            }
-            Err(Failure::Retryable(_)) => {
-                unreachable!("retryable batches are rewound before commit")
-            }
-        };
-        if let Err(error) = queued {
-            return Err(abort(format!("{error:#}")));
-        }
-    }
-    if failpoint.take() {
-        return Err(abort("failpoint: abort before commit".into()));
-    }
-    if consumer.context().revoked.load(Ordering::SeqCst) {
-        return Err(abort("partitions revoked during the batch".into()));
-    }
-    let offsets = next_offsets(batch).map_err(|e| abort(format!("{e:#}")))?;
-    let metadata = consumer
+    let revoked = || consumer.context().revoked.load(Ordering::SeqCst);
+    let offsets = next_offsets(batch).map_err(|e| CommitError::Aborted(format!("{e:#}")))?;
+    let group = consumer
         .group_metadata()
-        .ok_or_else(|| abort("no consumer group metadata".into()))?;
-    // rdkafka's transaction calls block until the broker answers; keep them
-    // off the async worker so HTTP and other stages keep running.
-    if let Err(error) = tokio::task::block_in_place(|| {
-        producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
-    }) {
-        if is_fatal(&error) {
-            return Err(CommitError::Fatal(error.into()));
+        .ok_or_else(|| CommitError::Aborted("no consumer group metadata".into()))?;
+    let queue = || -> anyhow::Result<()> {
+        for (record, decision) in batch.iter().zip(decisions) {
+            match decision {
+                Ok(outputs) => {
+                    for out in &outputs {
+                        send(producer, names, out)?;
+                    }
+                }
+                Err(Failure::Poison { class, message }) => {
+                    let envelope = decode(record).ok();
+                    tracing::error!(stage = stage.name(), topic = %record.topic, offset = record.offset, class, %message, "poison message to DLQ");
+                    crate::metrics::dlq(stage.name(), stage.input_topic(), class);
+                    let letter = dlq::Letter {
+                        stage: stage.name(),
+                        record,
+                        envelope: envelope.as_ref(),
+                        class,
+                        message: &message,
+                    };
+                    dlq::send(producer, names, &letter)?;
+                    if let Some(order_id) = order_id_of(record, envelope.as_ref()) {
+                        parkings.push((order_id, message));
+                    }
+                }
+                Err(Failure::Retryable(_)) => {
+                    unreachable!("retryable batches are rewound before commit")
+                }
+            }
         }
-        return Err(abort(format!("send_offsets_to_transaction: {error}")));
-    }
-    if let Err(error) = tokio::task::block_in_place(|| producer.commit_transaction(timeout)) {
-        if is_fatal(&error) {
-            return Err(CommitError::Fatal(error.into()));
-        }
-        return Err(abort(format!("commit_transaction: {error}")));
-    }
-    Ok(())
-}
-
-fn fatal_or_aborted(error: KafkaError, what: &str) -> CommitError {
-    if is_fatal(&error) {
-        CommitError::Fatal(anyhow::anyhow!("{what}: {error}"))
-    } else {
-        CommitError::Aborted(format!("{what}: {error}"))
+        anyhow::ensure!(!failpoint.take(), "failpoint: abort before commit");
+        anyhow::ensure!(!revoked(), "partitions revoked during the batch");
+        Ok(())
+    };
+    let offsets = Offsets {
+        offsets: &offsets,
+        group: &group,
+    };
+    match transaction::produce(producer, queue, Some(offsets)) {
+        Ok(()) => Ok(parkings),
+        Err(TxnError::Fatal(error)) => Err(CommitError::Fatal(error)),
+        Err(TxnError::Aborted(reason)) => Err(CommitError::Aborted(reason)),
     }
 }
 

@@ -1,12 +1,12 @@
 //! journal_entries, postings, ledger_recordings, account_balances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::domain::events::{LedgerEntriesRecorded, RecordedJournal};
+use crate::domain::events::LedgerEntriesRecorded;
 
 /// The recording made for a source event, if any (a replay re-emits it).
 pub async fn find_recording(
@@ -22,80 +22,183 @@ pub async fn find_recording(
     Ok(value.map(|v| serde_json::from_value(v).expect("recordings are written by this code")))
 }
 
-/// Writes journals, postings and the recording in one transaction. When a
-/// concurrent writer recorded this source event first, returns its recording.
-pub async fn record(
+/// The recordings already made for these source events (a replay re-emits
+/// them), in one query.
+pub async fn find_recordings(
     pool: &PgPool,
-    recorded: &LedgerEntriesRecorded,
-    trace_id: &str,
-) -> sqlx::Result<LedgerEntriesRecorded> {
-    let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO ledger_recordings (source_event_id, payment_order_id, rule_sha256, recorded_event)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    source_event_ids: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, LedgerEntriesRecorded>> {
+    let rows: Vec<(Uuid, Value)> = sqlx::query_as(
+        "SELECT source_event_id, recorded_event FROM ledger_recordings WHERE source_event_id = ANY($1)",
     )
-    .bind(recorded.source_event_id)
-    .bind(recorded.payment_order_id)
-    .bind(&recorded.rule_sha256)
-    .bind(serde_json::to_value(recorded).expect("serializes"))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tx.rollback().await?;
-        return Ok(find_recording(pool, recorded.source_event_id)
-            .await?
-            .expect("conflicting recording exists"));
-    }
-    for journal in &recorded.journals {
-        insert_journal(&mut tx, recorded, journal, trace_id).await?;
-    }
-    tx.commit().await?;
-    Ok(recorded.clone())
+    .bind(source_event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, v)| {
+            (
+                id,
+                serde_json::from_value(v).expect("recordings are written by this code"),
+            )
+        })
+        .collect())
 }
 
-async fn insert_journal(
+/// Writes a batch of recordings, their journals and postings in one
+/// transaction, three set-based statements (plus a rare fix-up). A source
+/// event recorded meanwhile by a concurrent writer keeps that recording; a
+/// journal already present (same order, kind and key from another source
+/// event) was recorded there, so a recording lists only the journals it
+/// wrote. Returns the recording of every source event.
+pub async fn record_all(
+    pool: &PgPool,
+    batch: &[(&LedgerEntriesRecorded, &str)],
+) -> sqlx::Result<HashMap<Uuid, LedgerEntriesRecorded>> {
+    let mut tx = pool.begin().await?;
+    let claimed = insert_recordings(&mut tx, batch).await?;
+    let mine: Vec<(&LedgerEntriesRecorded, &str)> = batch
+        .iter()
+        .copied()
+        .filter(|(r, _)| claimed.contains(&r.source_event_id))
+        .collect();
+    let written = insert_journals(&mut tx, &mine).await?;
+    insert_postings(&mut tx, &mine, &written).await?;
+    let mut recordings = HashMap::new();
+    for (recorded, _) in &mine {
+        let mut kept = (*recorded).clone();
+        kept.journals.retain(|j| written.contains(&j.journal_id));
+        if kept.journals.len() != recorded.journals.len() {
+            sqlx::query(
+                "UPDATE ledger_recordings SET recorded_event = $2 WHERE source_event_id = $1",
+            )
+            .bind(kept.source_event_id)
+            .bind(serde_json::to_value(&kept).expect("serializes"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        recordings.insert(kept.source_event_id, kept);
+    }
+    tx.commit().await?;
+    let others: Vec<Uuid> = batch
+        .iter()
+        .map(|(r, _)| r.source_event_id)
+        .filter(|id| !recordings.contains_key(id))
+        .collect();
+    if !others.is_empty() {
+        recordings.extend(find_recordings(pool, &others).await?);
+    }
+    Ok(recordings)
+}
+
+async fn insert_recordings(
     tx: &mut Transaction<'_, Postgres>,
-    recorded: &LedgerEntriesRecorded,
-    journal: &RecordedJournal,
-    trace_id: &str,
-) -> sqlx::Result<()> {
-    // Journal ids are deterministic; a journal already present (same order,
-    // kind and key from another source event) is a duplicate, not new money.
-    let inserted = sqlx::query(
-        "INSERT INTO journal_entries (journal_id, payment_order_id, seller_id, kind, currency, source_event_id, rule_sha256, trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    batch: &[(&LedgerEntriesRecorded, &str)],
+) -> sqlx::Result<HashSet<Uuid>> {
+    let ids: Vec<Uuid> = batch.iter().map(|(r, _)| r.source_event_id).collect();
+    let orders: Vec<Uuid> = batch.iter().map(|(r, _)| r.payment_order_id).collect();
+    let rules: Vec<&str> = batch.iter().map(|(r, _)| r.rule_sha256.as_str()).collect();
+    let events: Vec<Value> = batch
+        .iter()
+        .map(|(r, _)| serde_json::to_value(r).expect("serializes"))
+        .collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO ledger_recordings (source_event_id, payment_order_id, rule_sha256, recorded_event)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[])
+         ON CONFLICT DO NOTHING RETURNING source_event_id",
     )
-    .bind(&journal.journal_id)
-    .bind(recorded.payment_order_id)
-    .bind(&recorded.seller_id)
-    .bind(&journal.kind)
-    .bind(&journal.currency)
-    .bind(recorded.source_event_id)
-    .bind(&recorded.rule_sha256)
-    .bind(trace_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    .bind(ids)
+    .bind(orders)
+    .bind(rules)
+    .bind(events)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
+/// Inserts the journals; returns the ids actually written.
+async fn insert_journals(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[(&LedgerEntriesRecorded, &str)],
+) -> sqlx::Result<HashSet<String>> {
+    let mut columns: JournalColumns = Default::default();
+    for (recorded, trace_id) in batch {
+        for journal in &recorded.journals {
+            columns.ids.push(&journal.journal_id);
+            columns.orders.push(recorded.payment_order_id);
+            columns.sellers.push(&recorded.seller_id);
+            columns.kinds.push(&journal.kind);
+            columns.currencies.push(&journal.currency);
+            columns.sources.push(recorded.source_event_id);
+            columns.rules.push(&recorded.rule_sha256);
+            columns.traces.push(trace_id);
+        }
+    }
+    if columns.ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let written: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO journal_entries (journal_id, payment_order_id, seller_id, kind, currency, source_event_id, rule_sha256, trace_id)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[])
+         ON CONFLICT DO NOTHING RETURNING journal_id",
+    )
+    .bind(columns.ids)
+    .bind(columns.orders)
+    .bind(columns.sellers)
+    .bind(columns.kinds)
+    .bind(columns.currencies)
+    .bind(columns.sources)
+    .bind(columns.rules)
+    .bind(columns.traces)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(written.into_iter().collect())
+}
+
+#[derive(Default)]
+struct JournalColumns<'a> {
+    ids: Vec<&'a str>,
+    orders: Vec<Uuid>,
+    sellers: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    currencies: Vec<&'a str>,
+    sources: Vec<Uuid>,
+    rules: Vec<&'a str>,
+    traces: Vec<&'a str>,
+}
+
+async fn insert_postings(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[(&LedgerEntriesRecorded, &str)],
+    written: &HashSet<String>,
+) -> sqlx::Result<()> {
+    let (mut journals, mut accounts, mut sides, mut amounts, mut currencies) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let fresh = batch
+        .iter()
+        .flat_map(|(r, _)| &r.journals)
+        .filter(|j| written.contains(&j.journal_id));
+    for journal in fresh {
+        for posting in &journal.postings {
+            journals.push(journal.journal_id.as_str());
+            accounts.push(posting.account.as_str());
+            sides.push(posting.side.as_str());
+            amounts.push(posting.amount_minor);
+            currencies.push(journal.currency.as_str());
+        }
+    }
+    if journals.is_empty() {
         return Ok(());
     }
-    let accounts: Vec<&str> = journal
-        .postings
-        .iter()
-        .map(|p| p.account.as_str())
-        .collect();
-    let sides: Vec<&str> = journal.postings.iter().map(|p| p.side.as_str()).collect();
-    let amounts: Vec<i64> = journal.postings.iter().map(|p| p.amount_minor).collect();
     sqlx::query(
         "INSERT INTO postings (journal_id, account_code, side, amount_minor, currency)
-         SELECT $1, account, side, amount, $5 FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS t(account, side, amount)",
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])",
     )
-    .bind(&journal.journal_id)
-    .bind(&accounts)
-    .bind(&sides)
-    .bind(&amounts)
-    .bind(&journal.currency)
+    .bind(journals)
+    .bind(accounts)
+    .bind(sides)
+    .bind(amounts)
+    .bind(currencies)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -8,6 +8,9 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod plugins;
+pub mod reconcile;
+pub mod reviews;
+pub mod status;
 
 use std::time::Duration;
 

@@ -157,9 +157,13 @@ pub struct OrderRow {
     pub seller_id: String,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: String,
+    pub status: crate::domain::payment::OrderStatus,
     pub psp_idempotency_key: String,
     pub adapter_sha256: Option<String>,
+    /// The activation (component + config) the order's PSP calls use.
+    pub adapter_activation_id: Option<i64>,
+    /// Status re-checks the review janitor made.
+    pub review_checks: i32,
     pub last_applied_attempt: i32,
     pub next_attempt: Option<i32>,
     pub next_retry_at: Option<DateTime<Utc>>,
@@ -195,6 +199,9 @@ pub struct AttemptRow {
     pub settled_by_status: bool,
     pub component_calls: i32,
     pub claimed_at: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+    /// The claim's holder, `instance#boot`.
+    pub node_id: String,
 }
 
 pub async fn find_payment(pool: &PgPool, payment_id: Uuid) -> sqlx::Result<Option<PaymentRow>> {
@@ -214,7 +221,7 @@ pub async fn orders_of(pool: &PgPool, payment_id: Uuid) -> sqlx::Result<Vec<Orde
 pub async fn attempts_of(pool: &PgPool, payment_id: Uuid) -> sqlx::Result<Vec<AttemptRow>> {
     sqlx::query_as(
         "SELECT a.payment_order_id, a.attempt, a.component_sha256, a.outcome, a.code, a.message,
-                a.psp_reference, a.latency_ms, a.settled_by_status, a.component_calls, a.claimed_at
+                a.psp_reference, a.latency_ms, a.settled_by_status, a.component_calls, a.claimed_at, a.lease_until, a.node_id
          FROM psp_attempts a JOIN payment_orders o USING (payment_order_id)
          WHERE o.payment_id = $1 ORDER BY a.payment_order_id, a.attempt",
     )

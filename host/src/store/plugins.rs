@@ -99,6 +99,17 @@ pub async fn active(pool: &PgPool) -> sqlx::Result<Vec<Activation>> {
     .await
 }
 
+/// One activation by id (an order's pinned adapter and its config).
+pub async fn activation(pool: &PgPool, id: i64) -> sqlx::Result<Option<Activation>> {
+    sqlx::query_as(
+        "SELECT id, slot, sha256, config, action, activated_by, activated_at
+         FROM plugin_activations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Appends an activation and announces it, in one transaction.
 pub async fn activate(
     pool: &PgPool,

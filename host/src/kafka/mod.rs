@@ -12,6 +12,8 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 
+pub mod transaction;
+
 /// The seed's topics, in flow order.
 pub mod topic {
     pub const PAYMENT_ORDER_CREATED: &str = "payment_order_created_topic";
