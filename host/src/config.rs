@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -129,14 +130,24 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Dev mode (also `--dev`): the built-in HS256 dev secret may be used,
+    /// JWKS may be fetched over plain http and the simulator PSP may run.
+    /// Off by default so a forgotten setting fails closed.
+    pub dev: bool,
     /// HS256 shared secret for locally minted tokens (`paynode token`).
+    /// Unset: only dev mode may verify HS256 tokens (with the dev secret).
     #[serde(skip_serializing)]
-    pub hs256_secret: String,
-    /// Accept HS256 tokens signed with `hs256_secret` (dev); production
-    /// turns this off and relies on `jwks_url` only.
-    pub allow_hs256: bool,
+    pub hs256_secret: Option<SecretString>,
+    /// Accept HS256 tokens. Unset: on without `jwks_url`, off with it, so
+    /// adding an identity provider never leaves a shared secret in force.
+    pub allow_hs256: Option<bool>,
+    /// Issuer of HS256 tokens (minted and verified) when `jwks_url` is also
+    /// configured: required then and distinct from `issuer`, so a locally
+    /// minted token can never pass for one of the identity provider.
+    pub hs256_issuer: Option<String>,
     /// JWKS endpoint of the identity provider (e.g. Keycloak's
     /// `.../protocol/openid-connect/certs`); enables RS256/ES256 tokens.
+    /// `https` only outside dev mode.
     pub jwks_url: Option<String>,
     /// Keys are re-fetched when older than this.
     pub jwks_refresh_secs: u64,
@@ -149,11 +160,23 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
 }
 
+/// The HS256 secret dev mode uses when none is configured.
+pub const DEV_HS256_SECRET: &str = "paynode-dev-secret-change-me";
+
+/// Secrets published in this repository (defaults, compose, examples):
+/// anyone can mint tokens with them, so only dev mode accepts them.
+const KNOWN_DEV_SECRETS: &[&str] = &[DEV_HS256_SECRET, "compose-dev-secret-change-me"];
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits).
+const MIN_HS256_SECRET_BYTES: usize = 32;
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            hs256_secret: "paynode-dev-secret-change-me".into(),
-            allow_hs256: true,
+            dev: false,
+            hs256_secret: None,
+            allow_hs256: None,
+            hs256_issuer: None,
             jwks_url: None,
             jwks_refresh_secs: 300,
             jwks_min_refresh_secs: 10,
@@ -161,6 +184,74 @@ impl Default for AuthConfig {
             audience: "paynode".into(),
             leeway_secs: 30,
         }
+    }
+}
+
+impl AuthConfig {
+    /// Whether HS256 tokens are verified (see `allow_hs256`).
+    pub fn hs256_enabled(&self) -> bool {
+        self.allow_hs256.unwrap_or(self.jwks_url.is_none())
+    }
+
+    /// The configured HS256 secret, or the dev secret in dev mode.
+    pub fn hs256_key(&self) -> Option<&str> {
+        match &self.hs256_secret {
+            Some(secret) => Some(secret.expose_secret()),
+            None => self.dev.then_some(DEV_HS256_SECRET),
+        }
+    }
+
+    /// The `iss` of HS256 tokens.
+    pub fn hs256_token_issuer(&self) -> &str {
+        self.hs256_issuer.as_deref().unwrap_or(&self.issuer)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.jwks_min_refresh_secs < 1 {
+            bail!("auth.jwks_min_refresh_secs must be >= 1");
+        }
+        if let Some(url) = &self.jwks_url {
+            let parsed = reqwest::Url::parse(url).context("auth.jwks_url")?;
+            if parsed.scheme() != "https" && !(self.dev && parsed.scheme() == "http") {
+                bail!("auth.jwks_url must be https (plain http only in dev mode)");
+            }
+        }
+        if !self.hs256_enabled() {
+            if self.jwks_url.is_none() {
+                bail!("auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified");
+            }
+            return Ok(());
+        }
+        self.validate_hs256_secret()?;
+        if self.jwks_url.is_some() {
+            match &self.hs256_issuer {
+                Some(issuer) if *issuer != self.issuer => {}
+                _ => bail!(
+                    "auth.allow_hs256 with auth.jwks_url needs auth.hs256_issuer, distinct from auth.issuer"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_hs256_secret(&self) -> anyhow::Result<()> {
+        let Some(secret) = self.hs256_key() else {
+            bail!(
+                "auth.hs256_secret is not set: set one (PAYNODE_AUTH__HS256_SECRET, at least \
+                 {MIN_HS256_SECRET_BYTES} bytes), or use auth.jwks_url without HS256, or run in \
+                 dev mode (--dev, auth.dev = true)"
+            );
+        };
+        if self.dev {
+            return Ok(());
+        }
+        if KNOWN_DEV_SECRETS.contains(&secret) {
+            bail!("auth.hs256_secret is a published dev value: anyone could mint tokens with it; set a secret of your own (or run in dev mode)");
+        }
+        if secret.len() < MIN_HS256_SECRET_BYTES {
+            bail!("auth.hs256_secret must be at least {MIN_HS256_SECRET_BYTES} bytes");
+        }
+        Ok(())
     }
 }
 
@@ -379,8 +470,9 @@ pub struct Failpoints {
 }
 
 impl Config {
-    /// Defaults, then the TOML file (if any), then `PAYNODE_*` variables.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    /// Defaults, then the TOML file (if any), then `PAYNODE_*` variables;
+    /// `dev` (the `--dev` flag) turns dev mode on whatever they say.
+    pub fn load(file: Option<&Path>, dev: bool) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -388,7 +480,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             // Only `SECTION__KEY` variables are config; PAYNODE_LOG,
             // PAYNODE_CONFIG and tool variables are not.
             .merge(
@@ -398,6 +490,7 @@ impl Config {
             )
             .extract()
             .context("invalid configuration")?;
+        config.auth.dev |= dev;
         config.validate()?;
         Ok(config)
     }
@@ -412,12 +505,7 @@ impl Config {
         if self.retry.max_attempts == 0 || self.retry.max_attempts > 20 {
             bail!("retry.max_attempts must be in 1..=20");
         }
-        if self.auth.allow_hs256 && self.auth.hs256_secret.len() < 16 {
-            bail!("auth.hs256_secret must be at least 16 bytes (or set auth.allow_hs256 = false)");
-        }
-        if !self.auth.allow_hs256 && self.auth.jwks_url.is_none() {
-            bail!("auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified");
-        }
+        self.auth.validate()?;
         if !self
             .kafka
             .prefix
@@ -449,9 +537,63 @@ impl ComponentsConfig {
 mod tests {
     use super::*;
 
+    fn dev() -> Config {
+        let mut config = Config::default();
+        config.auth.dev = true;
+        config
+    }
+
+    fn refusal(config: &Config) -> String {
+        format!("{:#}", config.validate().expect_err("config accepted"))
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
+    fn dev_defaults_are_valid() {
+        dev().validate().unwrap();
+        assert_eq!(dev().auth.hs256_key(), Some(DEV_HS256_SECRET));
+    }
+
+    #[test]
+    fn hs256_needs_a_secret_of_its_own_outside_dev_mode() {
+        // The defaults once verified tokens with the published dev secret.
+        assert!(refusal(&Config::default()).contains("auth.hs256_secret is not set"));
+        let mut config = Config::default();
+        for published in KNOWN_DEV_SECRETS {
+            config.auth.hs256_secret = Some((*published).into());
+            assert!(refusal(&config).contains("published dev value"));
+        }
+        config.auth.hs256_secret = Some("short-but-not-published".into());
+        assert!(refusal(&config).contains("at least 32 bytes"));
+        config.auth.hs256_secret = Some("a-secret-of-our-own-0123456789abcdef".into());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn jwks_turns_hs256_off_unless_it_has_its_own_issuer() {
+        let mut config = Config::default();
+        config.auth.jwks_url = Some("https://idp.example/certs".into());
+        config.validate().unwrap();
+        assert!(!config.auth.hs256_enabled());
+
+        config.auth.allow_hs256 = Some(true);
+        config.auth.hs256_secret = Some("a-secret-of-our-own-0123456789abcdef".into());
+        assert!(refusal(&config).contains("auth.hs256_issuer"));
+        config.auth.hs256_issuer = Some(config.auth.issuer.clone());
+        assert!(refusal(&config).contains("auth.hs256_issuer"));
+        config.auth.hs256_issuer = Some("paynode-local".into());
+        config.validate().unwrap();
+        assert_eq!(config.auth.hs256_token_issuer(), "paynode-local");
+    }
+
+    #[test]
+    fn jwks_needs_https_and_a_refresh_floor() {
+        let mut config = Config::default();
+        config.auth.jwks_url = Some("http://idp.example/certs".into());
+        assert!(refusal(&config).contains("https"));
+        config.auth.dev = true;
+        config.validate().unwrap();
+        config.auth.jwks_min_refresh_secs = 0;
+        assert!(refusal(&config).contains("jwks_min_refresh_secs"));
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl RunningNode {
 /// Connects, migrates, creates topics, loads components and starts every
 /// configured stage and the API.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    // Also here, not only in `Config::load`: embedders (tests, benches)
+    // build configs in code, and an invalid one must not serve either.
+    config.validate().context("invalid configuration")?;
     let config = Arc::new(config);
     let metrics = crate::metrics::install();
     let pool = store::connect(&config.database).await?;
