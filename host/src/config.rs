@@ -2,6 +2,7 @@
 //! (`__` separates levels, e.g. `PAYNODE_KAFKA__BROKERS`), validated at start.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -27,7 +28,7 @@ pub struct Config {
     /// Values the host substitutes for `{{secret:NAME}}` placeholders in
     /// adapter HTTP headers. Never logged, never given to a guest.
     #[serde(skip_serializing)]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, SecretString>,
     pub failpoints: Failpoints,
 }
 
@@ -53,7 +54,8 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Debug redacts the URL's password (see [`RedactedUrl`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     #[serde(skip_serializing)]
@@ -70,7 +72,8 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Debug redacts the URL's password (see [`RedactedUrl`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     #[serde(skip_serializing)]
@@ -99,7 +102,7 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
     #[serde(skip_serializing)]
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<SecretString>,
     pub ssl_ca_location: Option<PathBuf>,
     /// A Kafka transaction is closed after this many records ...
     pub batch_max_records: usize,
@@ -252,6 +255,57 @@ impl AuthConfig {
             bail!("auth.hs256_secret must be at least {MIN_HS256_SECRET_BYTES} bytes");
         }
         Ok(())
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &RedactedUrl(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &RedactedUrl(&self.url))
+            .finish()
+    }
+}
+
+/// A connection URL as it may be logged: the password (userinfo or a
+/// `password` query parameter) replaced by `***`. A URL that does not parse
+/// is not shown at all, since where its password sits is unknown.
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(mut url) = reqwest::Url::parse(self.0) else {
+            return f.write_str("<unparseable url>");
+        };
+        if url.password().is_some() {
+            // Only fails for URLs that cannot have a password.
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query_pairs().any(|(key, _)| key == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key == "password" { "***".into() } else { value };
+                    (key.into_owned(), value.into_owned())
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        f.write_str(url.as_str())
     }
 }
 
@@ -594,6 +648,33 @@ mod tests {
         config.validate().unwrap();
         config.auth.jwks_min_refresh_secs = 0;
         assert!(refusal(&config).contains("jwks_min_refresh_secs"));
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut config = dev();
+        config.auth.hs256_secret = Some("hs256-secret-value-0123456789abcdef".into());
+        config.database.url = "postgres://paynode:db-pass-value@pg:5432/paynode".into();
+        config.redis.url = "redis://:redis-pass-value@redis:6379".into();
+        config.kafka.sasl_password = Some("sasl-pass-value".into());
+        config
+            .secrets
+            .insert("psp_api_key".into(), "sk_live_value".into());
+        let debug = format!("{config:?}");
+        for secret in [
+            "hs256-secret-value",
+            "db-pass-value",
+            "redis-pass-value",
+            "sasl-pass-value",
+            "sk_live_value",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        // What is not secret stays readable.
+        assert!(debug.contains("postgres://paynode:***@pg:5432/paynode"), "{debug}");
+        assert!(debug.contains("psp_api_key"), "{debug}");
+        let query = RedactedUrl("postgres://pg/paynode?user=u&password=p-in-query").to_string();
+        assert_eq!(query, "postgres://pg/paynode?user=u&password=***");
     }
 
     #[test]

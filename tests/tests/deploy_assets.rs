@@ -24,6 +24,7 @@ use figment::value::Value as FigValue;
 use figment::Figment;
 use paynode::config::Config;
 use paynode_tests::*;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
 fn deploy_path(relative: &str) -> PathBuf {
@@ -648,7 +649,7 @@ fn helm_values_and_templates_use_only_real_config_keys() {
         .collect();
     let loaded = load_config("helm templates", &toml, &template_env);
     assert_eq!(
-        loaded.secrets.get("psp_api_key").map(String::as_str),
+        loaded.secrets.get("psp_api_key").map(|s| s.expose_secret()),
         Some(SECRET_LIKE)
     );
     assert_eq!(loaded.stages.instance_id, SECRET_LIKE);

@@ -229,7 +229,7 @@ fn http_policy(allow: Vec<String>, refused: Arc<AtomicU64>) -> HttpPolicy {
         timeout: Duration::from_secs(5),
         max_response_bytes: 64 * 1024,
         secrets: Arc::new(
-            [("psp_api_key".to_string(), "sk_test_secret".to_string())]
+            [("psp_api_key".to_string(), "sk_test_secret".into())]
                 .into_iter()
                 .collect(),
         ),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use wasmtime::ResourceLimiter;
 
 use super::bindings::adapter::paynode::psp_adapter::{http, log, types};
@@ -19,7 +20,7 @@ pub struct HttpPolicy {
     pub allow_hosts: Vec<String>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
-    pub secrets: Arc<BTreeMap<String, String>>,
+    pub secrets: Arc<BTreeMap<String, SecretString>>,
     /// Requests refused by the allow-list (for metrics and tests).
     pub refused: Arc<AtomicU64>,
 }
@@ -205,7 +206,10 @@ fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, Stri
 }
 
 /// Replaces every `{{secret:NAME}}` with the configured value.
-pub fn inject_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn inject_secrets(
+    value: &str,
+    secrets: &BTreeMap<String, SecretString>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("{{secret:") {
@@ -216,7 +220,7 @@ pub fn inject_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result
         let secret = secrets
             .get(name)
             .ok_or_else(|| format!("unknown secret {name}"))?;
-        out.push_str(secret);
+        out.push_str(secret.expose_secret());
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -276,7 +280,7 @@ mod tests {
 
     #[test]
     fn secrets_are_injected_and_unknown_ones_refused() {
-        let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".to_string())]);
+        let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".into())]);
         assert_eq!(
             inject_secrets("Bearer {{secret:psp_api_key}}", &secrets).unwrap(),
             "Bearer sk_live"

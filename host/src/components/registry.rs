@@ -40,7 +40,7 @@ pub struct Registry {
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     http_client: reqwest::Client,
     /// Shared once, not copied per call.
-    secrets: Arc<BTreeMap<String, String>>,
+    secrets: Arc<BTreeMap<String, secrecy::SecretString>>,
     /// Adapter HTTP requests refused by the allow-list.
     pub refused_requests: Arc<AtomicU64>,
 }
