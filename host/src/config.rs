@@ -41,7 +41,18 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// Bound on payment orders in one payment (one per seller).
     pub max_payment_orders: usize,
+    /// Cap on one payment order's amount, in minor units.
+    pub max_order_amount_minor: i64,
+    /// Cap on a payment's total, in minor units.
+    pub max_payment_amount_minor: i64,
 }
+
+/// Default cap on an order and on a payment: 10^12 minor units, i.e. 10
+/// billion in a 2-decimal currency (EUR), about 6 billion EUR in yen, 3
+/// billion in a 3-decimal currency (KWD): far above any real payment, yet
+/// an i64 balance takes ~9.2 million capped payments to overflow, so an
+/// attacker cannot wrap a balance with a handful of requests.
+pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -50,6 +61,8 @@ impl Default for HttpConfig {
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             max_payment_orders: 50,
+            max_order_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
+            max_payment_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
         }
     }
 }
@@ -552,6 +565,9 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.kafka.batch_max_records == 0 || self.kafka.batch_max_records > 10_000 {
             bail!("kafka.batch_max_records must be in 1..=10000");
+        }
+        if self.http.max_order_amount_minor < 1 || self.http.max_payment_amount_minor < 1 {
+            bail!("http.max_order_amount_minor and http.max_payment_amount_minor must be >= 1");
         }
         if self.kafka.partitions < 1 {
             bail!("kafka.partitions must be >= 1");

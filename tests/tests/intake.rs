@@ -83,6 +83,16 @@ async fn bad_requests_get_a_problem_and_write_nothing() {
         (float_amount.to_string(), "application/json"),
         ("{not json".to_string(), "application/json"),
         (unbalanced.to_string(), "text/plain"),
+        // Two payments of 2^62 minor units to one seller: each was accepted,
+        // and together they wrap that seller's i64 balance. Over the cap now.
+        (
+            payment_body("o-big-1", &[("s-1", 1 << 62)]).to_string(),
+            "application/json",
+        ),
+        (
+            payment_body("o-big-2", &[("s-1", 1 << 62)]).to_string(),
+            "application/json",
+        ),
     ];
     for (body, content_type) in cases {
         let response = node
