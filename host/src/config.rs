@@ -388,6 +388,10 @@ pub struct PspConfig {
     /// `status` queries made to settle an unknown outcome before REQUIRES_REVIEW.
     pub status_checks: u32,
     pub status_check_delay_ms: u64,
+    /// Let the PSP stage run the simulator adapter outside dev mode (a load
+    /// test or staging cluster). The simulator approves charges without
+    /// moving money, so production refuses it by default.
+    pub allow_simulator: bool,
 }
 
 impl Default for PspConfig {
@@ -395,6 +399,7 @@ impl Default for PspConfig {
         PspConfig {
             status_checks: 3,
             status_check_delay_ms: 200,
+            allow_simulator: false,
         }
     }
 }

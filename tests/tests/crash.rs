@@ -111,7 +111,7 @@ fn spawn_node(config_file: &std::path::Path, log: &std::path::Path) -> NodeProce
         .open(log)
         .unwrap();
     let child = Command::new(paynode_binary())
-        .args(["--config", config_file.to_str().unwrap(), "serve"])
+        .args(["--config", config_file.to_str().unwrap(), "serve", "--dev"])
         .env("PAYNODE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))

@@ -218,46 +218,6 @@ async fn tokens_and_roles_are_enforced() {
     node.stop().await;
 }
 
-/// Outside dev mode the published dev secret is never in force: without a
-/// secret of its own (or with a published one) the node does not start, and
-/// with one, a token forged with the old default secret is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn outside_dev_mode_the_dev_secret_is_refused() {
-    let mut config = test_config().await;
-    config.auth.dev = false;
-    for secret in [None, Some(paynode::config::DEV_HS256_SECRET)] {
-        config.auth.hs256_secret = secret.map(Into::into);
-        let refused = paynode::node::start(config.clone())
-            .await
-            .err()
-            .expect("a node without a secret of its own starts");
-        assert!(
-            format!("{refused:#}").contains("auth.hs256_secret"),
-            "{refused:#}"
-        );
-    }
-
-    config.auth.hs256_secret = Some("a-secret-of-this-deployment-0123456789".into());
-    let node = TestNode::start(config).await;
-    let mut forger = node.config.auth.clone();
-    forger.hs256_secret = Some(paynode::config::DEV_HS256_SECRET.into());
-    let forged =
-        paynode::api::auth::mint(&forger, "attacker", &["payment:write".into()], 600).unwrap();
-    let body = payment_body("order-forged", &[("seller-1", 100)]);
-    let status = |token: String| {
-        let request = node
-            .http
-            .post(format!("{}/api/v1/payments", node.base))
-            .bearer_auth(token)
-            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-            .json(&body);
-        async move { request.send().await.unwrap().status().as_u16() }
-    };
-    assert_eq!(status(forged).await, 401);
-    assert_eq!(status(node.token(&["payment:write"])).await, 202);
-    node.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_replays_and_refuses_a_different_body() {
     let node = TestNode::start(test_config().await).await;
