@@ -504,7 +504,10 @@ pub struct SlotConfig {
     pub memory_bytes: usize,
     /// Wall-clock cap for a whole call, host calls included.
     pub wall_ms: u64,
-    /// host:port pairs an adapter may reach through the `http` import.
+    /// Where an adapter may go through the `http` import: `host:port` or
+    /// `https://host:port`; plain http only as `http://host:port`. DNS names
+    /// leading to internal addresses are refused unless the IP is listed
+    /// literally (see `components::egress`).
     pub allow_hosts: Vec<String>,
     pub http_timeout_ms: u64,
     pub http_max_response_bytes: usize,

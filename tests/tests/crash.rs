@@ -199,7 +199,7 @@ dir = "{components}"
 cache_dir = "{cache}"
 [components.psp_adapter]
 default_component = "psp-stripe"
-allow_hosts = ["{psp_addr}"]
+allow_hosts = ["http://{psp_addr}"]
 http_timeout_ms = 2000
 [components.psp_adapter.config]
 base-url = "http://{psp_addr}"

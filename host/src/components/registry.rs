@@ -63,10 +63,7 @@ impl Registry {
             slots: Default::default(),
             shadows: Default::default(),
             loaded: Mutex::new(HashMap::new()),
-            http_client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("reqwest client"),
+            http_client: super::egress::egress_client(),
             refused_requests: Arc::new(AtomicU64::new(0)),
             secrets,
         })
