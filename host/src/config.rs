@@ -234,7 +234,9 @@ impl AuthConfig {
         }
         if !self.hs256_enabled() {
             if self.jwks_url.is_none() {
-                bail!("auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified");
+                bail!(
+                    "auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified"
+                );
             }
             return Ok(());
         }
@@ -312,7 +314,11 @@ impl fmt::Display for RedactedUrl<'_> {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(key, value)| {
-                    let value = if key == "password" { "***".into() } else { value };
+                    let value = if key == "password" {
+                        "***".into()
+                    } else {
+                        value
+                    };
                     (key.into_owned(), value.into_owned())
                 })
                 .collect();
@@ -695,7 +701,10 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
         // What is not secret stays readable.
-        assert!(debug.contains("postgres://paynode:***@pg:5432/paynode"), "{debug}");
+        assert!(
+            debug.contains("postgres://paynode:***@pg:5432/paynode"),
+            "{debug}"
+        );
         assert!(debug.contains("psp_api_key"), "{debug}");
         let query = RedactedUrl("postgres://pg/paynode?user=u&password=p-in-query").to_string();
         assert_eq!(query, "postgres://pg/paynode?user=u&password=***");

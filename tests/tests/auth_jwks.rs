@@ -483,7 +483,11 @@ async fn hs256_beside_jwks_needs_its_own_issuer() {
         &EncodingKey::from_secret(&secret),
     )
     .unwrap();
-    assert_problem(post(&node, &posing).await, 401, "HS256 with the IdP's issuer");
+    assert_problem(
+        post(&node, &posing).await,
+        401,
+        "HS256 with the IdP's issuer",
+    );
     assert_eq!(
         post(&node, &rs256(RSA_A, "rsa-1", &claims(&node, write)))
             .await

@@ -826,11 +826,7 @@ fn compose_and_dockerfile_use_only_real_config_keys() {
         .filter(|(k, _)| k.starts_with("PAYNODE_"))
         .collect();
     assert!(!ours.is_empty(), "Dockerfile sets no PAYNODE_* variable");
-    let config = load_config(
-        "Dockerfile ENV",
-        "",
-        &[ours, deployment_secret()].concat(),
-    );
+    let config = load_config("Dockerfile ENV", "", &[ours, deployment_secret()].concat());
     assert_eq!(config.http.listen, "0.0.0.0:8080");
 }
 

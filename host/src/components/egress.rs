@@ -122,23 +122,22 @@ struct CheckedResolver;
 
 impl Resolve for CheckedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let name = name.as_str().to_string();
-        Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .collect();
-            let allowed: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|addr| !is_forbidden(addr.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let addresses = resolved.iter().map(SocketAddr::ip).collect();
-                return Err(Box::new(ForbiddenAddress { name, addresses }) as _);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
+        Box::pin(resolve_checked(name.as_str().to_string()))
     }
+}
+
+async fn resolve_checked(name: String) -> Result<Addrs, Box<dyn Error + Send + Sync>> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+    let allowed: Vec<SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|addr| !is_forbidden(addr.ip()))
+        .collect();
+    if allowed.is_empty() {
+        let addresses = resolved.iter().map(SocketAddr::ip).collect();
+        return Err(Box::new(ForbiddenAddress { name, addresses }));
+    }
+    Ok(Box::new(allowed.into_iter()))
 }
 
 /// The client adapters' requests go through: a 3xx goes back to the guest
