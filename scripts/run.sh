@@ -40,6 +40,9 @@ export PAYNODE_DATABASE__URL=postgres://postgres@127.0.0.1:5432/paynode
 export PAYNODE_KAFKA__BROKERS=127.0.0.1:9092
 export PAYNODE_COMPONENTS__DIR="$PWD/target/components"
 export PAYNODE_COMPONENTS__CACHE_DIR="$STATE_DIR/component-cache"
+# Dev mode: the built-in HS256 dev secret and the simulator PSP. A node
+# outside dev mode refuses both (see "Security" in the README).
+export PAYNODE_AUTH__DEV=true
 "$bin" migrate
 
 stop_node
@@ -61,5 +64,5 @@ echo "== replay: posting rules run again over the recorded ledger (writes nothin
 "$bin" replay target/components/template-posting-rules.wasm --limit 1
 echo
 echo "The node keeps running on http://127.0.0.1:8080 (OpenAPI: /api-docs/openapi.json, metrics: /metrics)."
-echo "Token for your own calls: $bin token --role payment:write --role FINANCE"
+echo "Token for your own calls: $bin token --dev --role payment:write --role FINANCE"
 echo "Stop everything: scripts/run.sh stop"

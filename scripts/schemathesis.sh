@@ -68,7 +68,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== schemathesis: node on $base (database $db, log $work/node.log)"
-"$paynode_bin" serve >"$work/node.log" 2>&1 &
+"$paynode_bin" serve --dev >"$work/node.log" 2>&1 &
 node_pid=$!
 
 ready=0
@@ -90,7 +90,7 @@ if [ "$ready" != 1 ]; then
   exit 1
 fi
 
-token=$("$paynode_bin" token --role payment:write --role FINANCE --role ADMIN --subject schemathesis)
+token=$("$paynode_bin" token --dev --role payment:write --role FINANCE --role ADMIN --subject schemathesis)
 
 seed_args=()
 if [ -n "${SCHEMATHESIS_SEED:-}" ]; then

@@ -2,11 +2,13 @@
 //! (`__` separates levels, e.g. `PAYNODE_KAFKA__BROKERS`), validated at start.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -26,7 +28,7 @@ pub struct Config {
     /// Values the host substitutes for `{{secret:NAME}}` placeholders in
     /// adapter HTTP headers. Never logged, never given to a guest.
     #[serde(skip_serializing)]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, SecretString>,
     pub failpoints: Failpoints,
 }
 
@@ -39,7 +41,18 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// Bound on payment orders in one payment (one per seller).
     pub max_payment_orders: usize,
+    /// Cap on one payment order's amount, in minor units.
+    pub max_order_amount_minor: i64,
+    /// Cap on a payment's total, in minor units.
+    pub max_payment_amount_minor: i64,
 }
+
+/// Default cap on an order and on a payment: 10^12 minor units, i.e. 10
+/// billion in a 2-decimal currency (EUR), about 6 billion EUR in yen, 3
+/// billion in a 3-decimal currency (KWD): far above any real payment, yet
+/// an i64 balance takes ~9.2 million capped payments to overflow, so an
+/// attacker cannot wrap a balance with a handful of requests.
+pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -48,11 +61,14 @@ impl Default for HttpConfig {
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             max_payment_orders: 50,
+            max_order_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
+            max_payment_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Debug redacts the URL's password (see [`RedactedUrl`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     #[serde(skip_serializing)]
@@ -69,7 +85,8 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Debug redacts the URL's password (see [`RedactedUrl`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     #[serde(skip_serializing)]
@@ -98,7 +115,7 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
     #[serde(skip_serializing)]
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<SecretString>,
     pub ssl_ca_location: Option<PathBuf>,
     /// A Kafka transaction is closed after this many records ...
     pub batch_max_records: usize,
@@ -129,14 +146,24 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Dev mode (also `--dev`): the built-in HS256 dev secret may be used,
+    /// JWKS may be fetched over plain http and the simulator PSP may run.
+    /// Off by default so a forgotten setting fails closed.
+    pub dev: bool,
     /// HS256 shared secret for locally minted tokens (`paynode token`).
+    /// Unset: only dev mode may verify HS256 tokens (with the dev secret).
     #[serde(skip_serializing)]
-    pub hs256_secret: String,
-    /// Accept HS256 tokens signed with `hs256_secret` (dev); production
-    /// turns this off and relies on `jwks_url` only.
-    pub allow_hs256: bool,
+    pub hs256_secret: Option<SecretString>,
+    /// Accept HS256 tokens. Unset: on without `jwks_url`, off with it, so
+    /// adding an identity provider never leaves a shared secret in force.
+    pub allow_hs256: Option<bool>,
+    /// Issuer of HS256 tokens (minted and verified) when `jwks_url` is also
+    /// configured: required then and distinct from `issuer`, so a locally
+    /// minted token can never pass for one of the identity provider.
+    pub hs256_issuer: Option<String>,
     /// JWKS endpoint of the identity provider (e.g. Keycloak's
     /// `.../protocol/openid-connect/certs`); enables RS256/ES256 tokens.
+    /// `https` only outside dev mode.
     pub jwks_url: Option<String>,
     /// Keys are re-fetched when older than this.
     pub jwks_refresh_secs: u64,
@@ -149,11 +176,23 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
 }
 
+/// The HS256 secret dev mode uses when none is configured.
+pub const DEV_HS256_SECRET: &str = "paynode-dev-secret-change-me";
+
+/// Secrets published in this repository (defaults, compose, examples):
+/// anyone can mint tokens with them, so only dev mode accepts them.
+const KNOWN_DEV_SECRETS: &[&str] = &[DEV_HS256_SECRET, "compose-dev-secret-change-me"];
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits).
+const MIN_HS256_SECRET_BYTES: usize = 32;
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            hs256_secret: "paynode-dev-secret-change-me".into(),
-            allow_hs256: true,
+            dev: false,
+            hs256_secret: None,
+            allow_hs256: None,
+            hs256_issuer: None,
             jwks_url: None,
             jwks_refresh_secs: 300,
             jwks_min_refresh_secs: 10,
@@ -161,6 +200,131 @@ impl Default for AuthConfig {
             audience: "paynode".into(),
             leeway_secs: 30,
         }
+    }
+}
+
+impl AuthConfig {
+    /// Whether HS256 tokens are verified (see `allow_hs256`).
+    pub fn hs256_enabled(&self) -> bool {
+        self.allow_hs256.unwrap_or(self.jwks_url.is_none())
+    }
+
+    /// The configured HS256 secret, or the dev secret in dev mode.
+    pub fn hs256_key(&self) -> Option<&str> {
+        match &self.hs256_secret {
+            Some(secret) => Some(secret.expose_secret()),
+            None => self.dev.then_some(DEV_HS256_SECRET),
+        }
+    }
+
+    /// The `iss` of HS256 tokens.
+    pub fn hs256_token_issuer(&self) -> &str {
+        self.hs256_issuer.as_deref().unwrap_or(&self.issuer)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.jwks_min_refresh_secs < 1 {
+            bail!("auth.jwks_min_refresh_secs must be >= 1");
+        }
+        if let Some(url) = &self.jwks_url {
+            let parsed = reqwest::Url::parse(url).context("auth.jwks_url")?;
+            if parsed.scheme() != "https" && !(self.dev && parsed.scheme() == "http") {
+                bail!("auth.jwks_url must be https (plain http only in dev mode)");
+            }
+        }
+        if !self.hs256_enabled() {
+            if self.jwks_url.is_none() {
+                bail!(
+                    "auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified"
+                );
+            }
+            return Ok(());
+        }
+        self.validate_hs256_secret()?;
+        if self.jwks_url.is_some() {
+            match &self.hs256_issuer {
+                Some(issuer) if *issuer != self.issuer => {}
+                _ => bail!(
+                    "auth.allow_hs256 with auth.jwks_url needs auth.hs256_issuer, distinct from auth.issuer"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_hs256_secret(&self) -> anyhow::Result<()> {
+        let Some(secret) = self.hs256_key() else {
+            bail!(
+                "auth.hs256_secret is not set: set one (PAYNODE_AUTH__HS256_SECRET, at least \
+                 {MIN_HS256_SECRET_BYTES} bytes), or use auth.jwks_url without HS256, or run in \
+                 dev mode (--dev, auth.dev = true)"
+            );
+        };
+        if self.dev {
+            return Ok(());
+        }
+        if KNOWN_DEV_SECRETS.contains(&secret) {
+            bail!("auth.hs256_secret is a published dev value: anyone could mint tokens with it; set a secret of your own (or run in dev mode)");
+        }
+        if secret.len() < MIN_HS256_SECRET_BYTES {
+            bail!("auth.hs256_secret must be at least {MIN_HS256_SECRET_BYTES} bytes");
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &RedactedUrl(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &RedactedUrl(&self.url))
+            .finish()
+    }
+}
+
+/// A connection URL as it may be logged: the password (userinfo or a
+/// `password` query parameter) replaced by `***`. A URL that does not parse
+/// is not shown at all, since where its password sits is unknown.
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(mut url) = reqwest::Url::parse(self.0) else {
+            return f.write_str("<unparseable url>");
+        };
+        if url.password().is_some() {
+            // Only fails for URLs that cannot have a password.
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query_pairs().any(|(key, _)| key == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key == "password" {
+                        "***".into()
+                    } else {
+                        value
+                    };
+                    (key.into_owned(), value.into_owned())
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        f.write_str(url.as_str())
     }
 }
 
@@ -240,6 +404,10 @@ pub struct PspConfig {
     pub review_schedule_secs: Vec<u64>,
     /// How often the janitor looks for due re-checks.
     pub review_poll_ms: u64,
+    /// Let the PSP stage run the simulator adapter outside dev mode (a load
+    /// test or staging cluster). The simulator approves charges without
+    /// moving money, so production refuses it by default.
+    pub allow_simulator: bool,
 }
 
 impl Default for PspConfig {
@@ -250,6 +418,7 @@ impl Default for PspConfig {
             claim_lease_ms: 150_000,
             review_schedule_secs: vec![60, 300, 1_800, 7_200, 86_400],
             review_poll_ms: 5_000,
+            allow_simulator: false,
         }
     }
 }
@@ -365,7 +534,10 @@ pub struct SlotConfig {
     pub memory_bytes: usize,
     /// Wall-clock cap for a whole call, host calls included.
     pub wall_ms: u64,
-    /// host:port pairs an adapter may reach through the `http` import.
+    /// Where an adapter may go through the `http` import: `host:port` or
+    /// `https://host:port`; plain http only as `http://host:port`. DNS names
+    /// leading to internal addresses are refused unless the IP is listed
+    /// literally (see `components::egress`).
     pub allow_hosts: Vec<String>,
     pub http_timeout_ms: u64,
     pub http_max_response_bytes: usize,
@@ -403,8 +575,9 @@ pub struct Failpoints {
 }
 
 impl Config {
-    /// Defaults, then the TOML file (if any), then `PAYNODE_*` variables.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    /// Defaults, then the TOML file (if any), then `PAYNODE_*` variables;
+    /// `dev` (the `--dev` flag) turns dev mode on whatever they say.
+    pub fn load(file: Option<&Path>, dev: bool) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -412,7 +585,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             // Only `SECTION__KEY` variables are config; PAYNODE_LOG,
             // PAYNODE_CONFIG and tool variables are not.
             .merge(
@@ -422,6 +595,7 @@ impl Config {
             )
             .extract()
             .context("invalid configuration")?;
+        config.auth.dev |= dev;
         config.validate()?;
         Ok(config)
     }
@@ -430,18 +604,16 @@ impl Config {
         if self.kafka.batch_max_records == 0 || self.kafka.batch_max_records > 10_000 {
             bail!("kafka.batch_max_records must be in 1..=10000");
         }
+        if self.http.max_order_amount_minor < 1 || self.http.max_payment_amount_minor < 1 {
+            bail!("http.max_order_amount_minor and http.max_payment_amount_minor must be >= 1");
+        }
         if self.kafka.partitions < 1 {
             bail!("kafka.partitions must be >= 1");
         }
         if self.retry.max_attempts == 0 || self.retry.max_attempts > 20 {
             bail!("retry.max_attempts must be in 1..=20");
         }
-        if self.auth.allow_hs256 && self.auth.hs256_secret.len() < 16 {
-            bail!("auth.hs256_secret must be at least 16 bytes (or set auth.allow_hs256 = false)");
-        }
-        if !self.auth.allow_hs256 && self.auth.jwks_url.is_none() {
-            bail!("auth.allow_hs256 = false needs auth.jwks_url, or no token could be verified");
-        }
+        self.auth.validate()?;
         if !self
             .kafka
             .prefix
@@ -501,9 +673,93 @@ impl ComponentsConfig {
 mod tests {
     use super::*;
 
+    fn dev() -> Config {
+        let mut config = Config::default();
+        config.auth.dev = true;
+        config
+    }
+
+    fn refusal(config: &Config) -> String {
+        format!("{:#}", config.validate().expect_err("config accepted"))
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
+    fn dev_defaults_are_valid() {
+        dev().validate().unwrap();
+        assert_eq!(dev().auth.hs256_key(), Some(DEV_HS256_SECRET));
+    }
+
+    #[test]
+    fn hs256_needs_a_secret_of_its_own_outside_dev_mode() {
+        // The defaults once verified tokens with the published dev secret.
+        assert!(refusal(&Config::default()).contains("auth.hs256_secret is not set"));
+        let mut config = Config::default();
+        for published in KNOWN_DEV_SECRETS {
+            config.auth.hs256_secret = Some((*published).into());
+            assert!(refusal(&config).contains("published dev value"));
+        }
+        config.auth.hs256_secret = Some("short-but-not-published".into());
+        assert!(refusal(&config).contains("at least 32 bytes"));
+        config.auth.hs256_secret = Some("a-secret-of-our-own-0123456789abcdef".into());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn jwks_turns_hs256_off_unless_it_has_its_own_issuer() {
+        let mut config = Config::default();
+        config.auth.jwks_url = Some("https://idp.example/certs".into());
+        config.validate().unwrap();
+        assert!(!config.auth.hs256_enabled());
+
+        config.auth.allow_hs256 = Some(true);
+        config.auth.hs256_secret = Some("a-secret-of-our-own-0123456789abcdef".into());
+        assert!(refusal(&config).contains("auth.hs256_issuer"));
+        config.auth.hs256_issuer = Some(config.auth.issuer.clone());
+        assert!(refusal(&config).contains("auth.hs256_issuer"));
+        config.auth.hs256_issuer = Some("paynode-local".into());
+        config.validate().unwrap();
+        assert_eq!(config.auth.hs256_token_issuer(), "paynode-local");
+    }
+
+    #[test]
+    fn jwks_needs_https_and_a_refresh_floor() {
+        let mut config = Config::default();
+        config.auth.jwks_url = Some("http://idp.example/certs".into());
+        assert!(refusal(&config).contains("https"));
+        config.auth.dev = true;
+        config.validate().unwrap();
+        config.auth.jwks_min_refresh_secs = 0;
+        assert!(refusal(&config).contains("jwks_min_refresh_secs"));
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut config = dev();
+        config.auth.hs256_secret = Some("hs256-secret-value-0123456789abcdef".into());
+        config.database.url = "postgres://paynode:db-pass-value@pg:5432/paynode".into();
+        config.redis.url = "redis://:redis-pass-value@redis:6379".into();
+        config.kafka.sasl_password = Some("sasl-pass-value".into());
+        config
+            .secrets
+            .insert("psp_api_key".into(), "sk_live_value".into());
+        let debug = format!("{config:?}");
+        for secret in [
+            "hs256-secret-value",
+            "db-pass-value",
+            "redis-pass-value",
+            "sasl-pass-value",
+            "sk_live_value",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        // What is not secret stays readable.
+        assert!(
+            debug.contains("postgres://paynode:***@pg:5432/paynode"),
+            "{debug}"
+        );
+        assert!(debug.contains("psp_api_key"), "{debug}");
+        let query = RedactedUrl("postgres://pg/paynode?user=u&password=p-in-query").to_string();
+        assert_eq!(query, "postgres://pg/paynode?user=u&password=***");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, auth::Authenticator, AppState};
 use crate::balance_cache::BalanceCache;
 use crate::components::registry::Registry;
-use crate::components::Runtime;
+use crate::components::{Runtime, Slot};
 use crate::config::Config;
 use crate::kafka::{self, topic, Names};
 use crate::pipeline::{self, PipelineContext};
@@ -68,6 +68,9 @@ impl RunningNode {
 /// Connects, migrates, creates topics, loads components and starts every
 /// configured stage and the API.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    // Also here, not only in `Config::load`: embedders (tests, benches)
+    // build configs in code, and an invalid one must not serve either.
+    config.validate().context("invalid configuration")?;
     let config = Arc::new(config);
     let metrics = crate::metrics::install();
     let pool = store::connect(&config.database).await?;
@@ -85,6 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let registry = Registry::new(runtime, pool.clone(), config.clone());
     registry.bootstrap(&config.components.dir).await?;
     registry.refresh().await?;
+    refuse_simulator_in_production(&config, &registry)?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -130,6 +134,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         shutdown,
         tasks,
     })
+}
+
+/// Component name of the PSP simulator adapter (`psp-adapters/simulator`).
+pub const SIMULATOR_COMPONENT: &str = "psp-simulator";
+
+/// The simulator approves every charge without moving money: a production
+/// node left on the default adapter would "sell" for free. Outside dev mode
+/// the PSP stage does not start on it unless `psp.allow_simulator` says so.
+fn refuse_simulator_in_production(config: &Config, registry: &Registry) -> anyhow::Result<()> {
+    if config.stages.psp_call_executor == 0 || config.auth.dev || config.psp.allow_simulator {
+        return Ok(());
+    }
+    let Ok(active) = registry.active(Slot::PspAdapter) else {
+        return Ok(());
+    };
+    if active.loaded.name == SIMULATOR_COMPONENT {
+        anyhow::bail!(
+            "the active psp-adapter is the simulator ({SIMULATOR_COMPONENT}); outside dev mode \
+             the PSP stage refuses it: activate a real adapter, set psp.allow_simulator = true, \
+             or run in dev mode (--dev)"
+        );
+    }
+    Ok(())
 }
 
 /// Gauges that need polling: outbox backlog, the periodic reconciliation

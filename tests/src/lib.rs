@@ -60,6 +60,9 @@ pub async fn fresh_database(id: &str) -> String {
 pub async fn test_config() -> Config {
     let id = Uuid::new_v4().simple().to_string()[..12].to_string();
     let mut config = Config::default();
+    // Dev mode: the dev HS256 secret, the local http JWKS servers and the
+    // simulator PSP of the tests are all refused in production.
+    config.auth.dev = true;
     config.database.url = fresh_database(&id).await;
     config.database.max_connections = 16;
     config.kafka.brokers = brokers();

@@ -250,6 +250,22 @@ async fn post(node: &TestNode, token: &str) -> (u16, String) {
     (status, content_type)
 }
 
+/// The body of a POST /api/v1/payments with `token`.
+async fn post_body(node: &TestNode, token: &str) -> String {
+    let key = uuid::Uuid::new_v4().to_string();
+    node.http
+        .post(format!("{}/api/v1/payments", node.base))
+        .bearer_auth(token)
+        .header("Idempotency-Key", &key)
+        .json(&payment_body(&format!("o-{key}"), &[("s-1", 500)]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[track_caller]
 fn assert_problem((status, content_type): (u16, String), expected: u16, what: &str) {
     assert_eq!(status, expected, "{what}");
@@ -397,6 +413,13 @@ async fn jwks_tokens_are_verified_by_their_key() {
         jwks.hits() - before
     );
 
+    // A 401 echoes neither the attacker's kid nor the library's reason.
+    let planted = "kid-planted-<b>by-the-caller";
+    let body = post_body(&node, &rs256(RSA_A, planted, &claims(&node, write))).await;
+    assert!(!body.contains("planted"), "kid echoed: {body}");
+    let body = post_body(&node, &forged).await;
+    assert!(!body.contains("InvalidSignature"), "reason echoed: {body}");
+
     // Rotation: the IdP publishes rsa-2; the next token naming it makes the
     // node refresh its keys (once the rate limit allows).
     jwks.set_keys(
@@ -429,25 +452,41 @@ async fn jwks_tokens_are_verified_by_their_key() {
         "application/problem+json"
     );
 
-    // Locally minted HS256 tokens still work while allow_hs256 is on.
-    assert_eq!(post(&node, &node.token(write)).await.0, 202);
+    // With a JWKS and no explicit auth.allow_hs256, HS256 is off: the
+    // (dev) shared secret mints nothing the node accepts.
+    assert_problem(
+        post(&node, &node.token(write)).await,
+        401,
+        "HS256 beside a JWKS without allow_hs256",
+    );
 
-    assert_eq!(node.scalar("SELECT count(*) FROM payments").await, 5);
+    assert_eq!(node.scalar("SELECT count(*) FROM payments").await, 4);
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hs256_can_be_turned_off() {
+async fn hs256_beside_jwks_needs_its_own_issuer() {
     let jwks = JwksServer::start(json!({ "keys": [rsa_jwk("rsa-1", RSA_A_N)] })).await;
     let mut config = test_config().await;
     config.auth.jwks_url = Some(jwks.url.clone());
-    config.auth.allow_hs256 = false;
+    config.auth.allow_hs256 = Some(true);
+    config.auth.hs256_issuer = Some("paynode-local".into());
     let node = TestNode::start(config).await;
     let write = &["payment:write"][..];
+    // Minted by `paynode token`: the HS256 issuer.
+    assert_eq!(post(&node, &node.token(write)).await.0, 202);
+    // HS256 under the identity provider's issuer: refused.
+    let secret = node.config.auth.hs256_key().unwrap().as_bytes().to_vec();
+    let posing = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(&node, write),
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
     assert_problem(
-        post(&node, &node.token(write)).await,
+        post(&node, &posing).await,
         401,
-        "HS256 while disabled",
+        "HS256 with the IdP's issuer",
     );
     assert_eq!(
         post(&node, &rs256(RSA_A, "rsa-1", &claims(&node, write)))

@@ -111,7 +111,7 @@ fn spawn_node(config_file: &std::path::Path, log: &std::path::Path) -> NodeProce
         .open(log)
         .unwrap();
     let child = Command::new(paynode_binary())
-        .args(["--config", config_file.to_str().unwrap(), "serve"])
+        .args(["--config", config_file.to_str().unwrap(), "serve", "--dev"])
         .env("PAYNODE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
@@ -199,7 +199,7 @@ dir = "{components}"
 cache_dir = "{cache}"
 [components.psp_adapter]
 default_component = "psp-stripe"
-allow_hosts = ["{psp_addr}"]
+allow_hosts = ["http://{psp_addr}"]
 http_timeout_ms = 2000
 [components.psp_adapter.config]
 base-url = "http://{psp_addr}"

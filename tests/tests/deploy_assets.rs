@@ -24,6 +24,7 @@ use figment::value::Value as FigValue;
 use figment::Figment;
 use paynode::config::Config;
 use paynode_tests::*;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
 fn deploy_path(relative: &str) -> PathBuf {
@@ -565,8 +566,18 @@ fn paynode_vars_in(text: &str) -> BTreeSet<String> {
 }
 
 /// A value of the right shape for a variable whose value the chart takes
-/// from a Secret or the downward API: all of those are strings.
-const SECRET_LIKE: &str = "placeholder-value-from-a-secret";
+/// from a Secret or the downward API: all of those are strings (long enough
+/// for an HS256 secret).
+const SECRET_LIKE: &str = "placeholder-value-from-a-kubernetes-secret";
+
+/// What a deployment adds to an image or a bare `paynode.toml`: the node
+/// refuses to start without an HS256 secret of its own.
+fn deployment_secret() -> Vec<(String, String)> {
+    vec![(
+        "PAYNODE_AUTH__HS256_SECRET".to_string(),
+        SECRET_LIKE.to_string(),
+    )]
+}
 
 #[test]
 fn helm_values_and_templates_use_only_real_config_keys() {
@@ -599,7 +610,7 @@ fn helm_values_and_templates_use_only_real_config_keys() {
         .into(),
     );
     let toml = yaml_to_toml("values.yaml config", &config_section);
-    let base = load_config("values.yaml config", &toml, &[]);
+    let base = load_config("values.yaml config", &toml, &deployment_secret());
     assert_eq!(base.kafka.security_protocol, "SASL_SSL");
 
     // Static PAYNODE_* names in the templates (the env block every group and
@@ -638,7 +649,7 @@ fn helm_values_and_templates_use_only_real_config_keys() {
         .collect();
     let loaded = load_config("helm templates", &toml, &template_env);
     assert_eq!(
-        loaded.secrets.get("psp_api_key").map(String::as_str),
+        loaded.secrets.get("psp_api_key").map(|s| s.expose_secret()),
         Some(SECRET_LIKE)
     );
     assert_eq!(loaded.stages.instance_id, SECRET_LIKE);
@@ -815,7 +826,7 @@ fn compose_and_dockerfile_use_only_real_config_keys() {
         .filter(|(k, _)| k.starts_with("PAYNODE_"))
         .collect();
     assert!(!ours.is_empty(), "Dockerfile sets no PAYNODE_* variable");
-    let config = load_config("Dockerfile ENV", "", &ours);
+    let config = load_config("Dockerfile ENV", "", &[ours, deployment_secret()].concat());
     assert_eq!(config.http.listen, "0.0.0.0:8080");
 }
 

@@ -83,6 +83,16 @@ async fn bad_requests_get_a_problem_and_write_nothing() {
         (float_amount.to_string(), "application/json"),
         ("{not json".to_string(), "application/json"),
         (unbalanced.to_string(), "text/plain"),
+        // Two payments of 2^62 minor units to one seller: each was accepted,
+        // and together they wrap that seller's i64 balance. Over the cap now.
+        (
+            payment_body("o-big-1", &[("s-1", 1 << 62)]).to_string(),
+            "application/json",
+        ),
+        (
+            payment_body("o-big-2", &[("s-1", 1 << 62)]).to_string(),
+            "application/json",
+        ),
     ];
     for (body, content_type) in cases {
         let response = node
@@ -164,7 +174,7 @@ async fn tokens_and_roles_are_enforced() {
     );
 
     let mut other = node.config.auth.clone();
-    other.hs256_secret = "another-secret-of-enough-length".into();
+    other.hs256_secret = Some("another-secret-of-enough-length".into());
     let forged =
         paynode::api::auth::mint(&other, "test-client", &["payment:write".into()], 600).unwrap();
     assert_eq!(post(Some(forged)).await.unwrap().status().as_u16(), 401);
@@ -183,7 +193,7 @@ async fn tokens_and_roles_are_enforced() {
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(node.config.auth.hs256_secret.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(node.config.auth.hs256_key().unwrap().as_bytes()),
     )
     .unwrap();
     assert_eq!(post(Some(expired)).await.unwrap().status().as_u16(), 401);

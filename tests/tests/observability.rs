@@ -35,7 +35,7 @@ async fn counters_gauges_and_traced_logs() {
         .join("paynode");
     assert!(bin.exists(), "run `cargo build -p paynode` first");
     let mut child = Command::new(bin)
-        .arg("serve")
+        .args(["serve", "--dev"])
         .env("PAYNODE_LOG", "info")
         .env("PAYNODE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("PAYNODE_DATABASE__URL", &config.database.url)

@@ -235,7 +235,7 @@ async fn a_trap_after_the_request_left_is_unknown_not_parked() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, psp).await.unwrap() });
     let mut config = test_config().await;
-    config.components.psp_adapter.allow_hosts = vec![format!("{addr}")];
+    config.components.psp_adapter.allow_hosts = vec![format!("http://{addr}")];
     let node = TestNode::start(config).await;
     let hostile = std::fs::read(component_path("hostile-request-then-trap")).unwrap();
     let row = node
@@ -504,7 +504,7 @@ async fn the_review_janitor_settles_an_unknown_outcome_by_status() {
     let mut config = test_config().await;
     let adapter = &mut config.components.psp_adapter;
     adapter.default_component = "psp-stripe".into();
-    adapter.allow_hosts = vec![addr.to_string()];
+    adapter.allow_hosts = vec![format!("http://{addr}")];
     adapter.http_timeout_ms = 1_000;
     adapter.wall_ms = 3_000;
     adapter.config = [("base-url".to_string(), format!("http://{addr}"))].into();

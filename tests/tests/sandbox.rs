@@ -224,12 +224,12 @@ async fn fake_psp(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
 
 fn http_policy(allow: Vec<String>, refused: Arc<AtomicU64>) -> HttpPolicy {
     HttpPolicy {
-        client: reqwest::Client::new(),
+        client: paynode::components::egress::egress_client(),
         allow_hosts: allow,
         timeout: Duration::from_secs(5),
         max_response_bytes: 64 * 1024,
         secrets: Arc::new(
-            [("psp_api_key".to_string(), "sk_test_secret".to_string())]
+            [("psp_api_key".to_string(), "sk_test_secret".into())]
                 .into_iter()
                 .collect(),
         ),
@@ -274,7 +274,7 @@ async fn adapter_cannot_reach_a_host_outside_its_allow_list() {
 async fn a_slow_psp_is_not_stopped_by_the_cpu_budget() {
     let runtime = Runtime::new(None).unwrap();
     let (psp, hits) = fake_psp(Duration::from_secs(2)).await;
-    let policy = http_policy(vec![psp.to_string()], Arc::new(AtomicU64::new(0)));
+    let policy = http_policy(vec![format!("http://{psp}")], Arc::new(AtomicU64::new(0)));
     let stripe = load(&runtime, Slot::PspAdapter, "psp-stripe")
         .await
         .unwrap();

@@ -8,11 +8,16 @@
 //!   older than `auth.jwks_refresh_secs` and when a token names an unknown
 //!   `kid` (at most once per `auth.jwks_min_refresh_secs`).
 //! - HS256 with the shared `auth.hs256_secret` for locally minted tokens
-//!   (`paynode token`), unless `auth.allow_hs256` is off. JWKS keys are never
-//!   used as HMAC secrets, so a token "signed" with a public key is refused.
+//!   (`paynode token`), when HS256 is enabled (by default only without a
+//!   JWKS; beside one, HS256 tokens carry their own `auth.hs256_issuer`).
+//!   JWKS keys are never used as HMAC secrets, so a token "signed" with a
+//!   public key is refused.
 //!
 //! Issuer, audience, expiry (with `auth.leeway_secs`) and `nbf` are always
 //! checked. Roles come from `roles` or Keycloak's `realm_access.roles`.
+//!
+//! A 401 says only which check failed: the library's reason and the token's
+//! own header fields (an attacker's `kid`) are logged, never echoed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
@@ -102,6 +107,7 @@ struct Jwks {
 pub struct Authenticator {
     /// `None` when HS256 is off or no secret is configured.
     hs256_key: Option<DecodingKey>,
+    hs256_issuer: String,
     jwks: Option<Jwks>,
     issuer: String,
     audience: String,
@@ -110,8 +116,10 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(config: &AuthConfig) -> Self {
-        let hs256_key = (config.allow_hs256 && !config.hs256_secret.is_empty())
-            .then(|| DecodingKey::from_secret(config.hs256_secret.as_bytes()));
+        let hs256_key = config
+            .hs256_key()
+            .filter(|secret| config.hs256_enabled() && !secret.is_empty())
+            .map(|secret| DecodingKey::from_secret(secret.as_bytes()));
         let jwks = config.jwks_url.as_ref().map(|url| Jwks {
             url: url.clone(),
             http: reqwest::Client::builder()
@@ -125,6 +133,7 @@ impl Authenticator {
         });
         Authenticator {
             hs256_key,
+            hs256_issuer: config.hs256_token_issuer().to_string(),
             jwks,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -136,7 +145,14 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         // Exactly one algorithm, the one chosen by the key.
         validation.algorithms = vec![algorithm];
-        validation.set_issuer(&[&self.issuer]);
+        // HS256 tokens have an issuer of their own (when configured), so a
+        // token minted here never passes for one of the identity provider.
+        let issuer = if algorithm == Algorithm::HS256 {
+            &self.hs256_issuer
+        } else {
+            &self.issuer
+        };
+        validation.set_issuer(&[issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
@@ -146,30 +162,29 @@ impl Authenticator {
 
     pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         // `alg: none` and unknown algorithms fail here.
-        let header = decode_header(token)
-            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        let header = decode_header(token).map_err(|e| refuse("malformed token", e))?;
         let (key, algorithm) = if header.alg == Algorithm::HS256 {
             let key = self
                 .hs256_key
                 .clone()
-                .ok_or_else(|| ApiError::unauthorized("HS256 tokens are not accepted"))?;
+                .ok_or_else(|| refuse("HS256 tokens are not accepted", "HS256 off"))?;
             (key, Algorithm::HS256)
         } else {
             let jwks = self
                 .jwks
                 .as_ref()
-                .ok_or_else(|| ApiError::unauthorized("only HS256 tokens are accepted"))?;
+                .ok_or_else(|| refuse("only HS256 tokens are accepted", "no JWKS"))?;
             let found = jwks.key_for(header.kid.as_deref()).await?;
             if found.algorithm != header.alg {
-                return Err(ApiError::unauthorized(format!(
-                    "token algorithm {:?} does not match its key ({:?})",
-                    header.alg, found.algorithm
-                )));
+                return Err(refuse(
+                    "token algorithm does not match its key",
+                    format_args!("header {:?}, key {:?}", header.alg, found.algorithm),
+                ));
             }
             (found.key, found.algorithm)
         };
         let data = decode::<VerifiedClaims>(token, &key, &self.validation(algorithm))
-            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+            .map_err(|e| refuse("invalid token", e))?;
         let claims = data.claims;
         let mut roles: HashSet<String> = claims.roles.into_iter().collect();
         if let Some(realm) = claims.realm_access {
@@ -201,8 +216,8 @@ impl Jwks {
         self.refresh().await;
         let cache = self.cache.read().expect("jwks cache lock");
         cache.lookup(kid).ok_or_else(|| match kid {
-            Some(kid) => ApiError::unauthorized(format!("unknown signing key {kid}")),
-            None => ApiError::unauthorized("token has no kid"),
+            Some(kid) => refuse("unknown signing key", format_args!("kid {kid:?}")),
+            None => refuse("token has no kid", "no kid"),
         })
     }
 
@@ -320,6 +335,13 @@ fn verification_key(jwk: &Jwk) -> Option<JwksKey> {
     }
 }
 
+/// A 401 that names the failed check only; `detail` (the library's reason,
+/// the token's header fields: attacker-controlled) goes to the log.
+fn refuse(reason: &'static str, detail: impl std::fmt::Display) -> ApiError {
+    tracing::info!(%detail, "token refused: {reason}");
+    ApiError::unauthorized(reason)
+}
+
 /// Mints an HS256 token for local use.
 pub fn mint(
     config: &AuthConfig,
@@ -327,10 +349,13 @@ pub fn mint(
     roles: &[String],
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
+    let Some(secret) = config.hs256_key() else {
+        anyhow::bail!("no HS256 secret: set auth.hs256_secret, or use --dev for the dev secret");
+    };
     let now = jsonwebtoken::get_current_timestamp();
     let claims = Claims {
         sub: subject.to_string(),
-        iss: config.issuer.clone(),
+        iss: config.hs256_token_issuer().to_string(),
         aud: config.audience.clone(),
         exp: now + ttl_secs,
         iat: now,
@@ -340,7 +365,7 @@ pub fn mint(
     Ok(encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(config.hs256_secret.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()),
     )?)
 }
 

@@ -74,23 +74,29 @@ pub async fn seller_balances(
     Ok(axum::Json(SellerBalances {
         seller_id,
         source: source.into(),
-        accounts: rows.into_iter().map(|r| view(r, credit_normal)).collect(),
+        accounts: rows
+            .into_iter()
+            .map(|r| view(r, credit_normal))
+            .collect::<Result<_, _>>()?,
     }))
 }
 
-pub fn view(row: BalanceRow, credit_normal: &[String]) -> AccountBalance {
+/// The balance signed by the account's normal side; checked, so a corrupt
+/// row is a 500 naming it, never a wrapped number.
+pub fn view(row: BalanceRow, credit_normal: &[String]) -> Result<AccountBalance, ApiError> {
     let kind = row.account_code.split('.').next().unwrap_or("");
     let balance = if credit_normal.iter().any(|t| t == kind) {
-        row.credit_minor - row.debit_minor
+        row.credit_minor.checked_sub(row.debit_minor)
     } else {
-        row.debit_minor - row.credit_minor
-    };
-    AccountBalance {
+        row.debit_minor.checked_sub(row.credit_minor)
+    }
+    .ok_or_else(|| ApiError::internal(format!("balance of {} overflows", row.account_code)))?;
+    Ok(AccountBalance {
         account: row.account_code,
         currency: row.currency,
         balance_minor: balance,
         debit_minor: row.debit_minor,
         credit_minor: row.credit_minor,
         version: row.version,
-    }
+    })
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::auth::{role, Principal};
 use super::problem::{ApiError, Json, Problem};
 use super::AppState;
+use crate::config::HttpConfig;
 use crate::domain::events::{event_type, Envelope, OrderRef};
 use crate::domain::money::{is_known_currency, Money};
 use crate::domain::payment::{OrderStatus, PspOutcome};
@@ -100,7 +101,8 @@ pub struct AttemptView {
     pub claimed_at: DateTime<Utc>,
 }
 
-fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
+fn validate(body: &CreatePayment, limits: &HttpConfig) -> Result<(), ApiError> {
+    let max_orders = limits.max_payment_orders;
     // NUL is refused: PostgreSQL text cannot store it (it was a 500).
     let id_ok = |s: &str| {
         !s.trim().is_empty() && s.len() <= MAX_ID_LEN && !s.contains('.') && !s.contains('\0')
@@ -120,6 +122,13 @@ fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
         return Err(ApiError::validation(
             "totalAmount.quantity must be > 0 (minor units)",
         ));
+    }
+    // Caps keep every later sum (balances, journals) far from i64 overflow.
+    if body.total_amount.quantity > limits.max_payment_amount_minor {
+        return Err(ApiError::validation(format!(
+            "totalAmount.quantity must be <= {} (minor units)",
+            limits.max_payment_amount_minor
+        )));
     }
     if body.payment_orders.is_empty() || body.payment_orders.len() > max_orders {
         return Err(ApiError::validation(format!(
@@ -159,6 +168,12 @@ fn validate(body: &CreatePayment, max_orders: usize) -> Result<(), ApiError> {
             return Err(ApiError::validation(
                 "every payment order amount must be > 0",
             ));
+        }
+        if order.amount.quantity > limits.max_order_amount_minor {
+            return Err(ApiError::validation(format!(
+                "every payment order amount must be <= {} (minor units)",
+                limits.max_order_amount_minor
+            )));
         }
         sum = sum
             .checked_add(order.amount.quantity)
@@ -237,7 +252,7 @@ pub async fn create(
                 .with_trace(&trace_id)
         })?
         .to_string();
-    validate(&body, state.config.http.max_payment_orders).map_err(|e| e.with_trace(&trace_id))?;
+    validate(&body, &state.config.http).map_err(|e| e.with_trace(&trace_id))?;
     let request_sha256 = hex::encode(Sha256::digest(
         serde_json::to_vec(&body).expect("serializes"),
     ));
@@ -540,6 +555,13 @@ fn payment_status(orders: &[PaymentOrderView]) -> &'static str {
 mod tests {
     use super::*;
 
+    fn limits(max_payment_orders: usize) -> HttpConfig {
+        HttpConfig {
+            max_payment_orders,
+            ..HttpConfig::default()
+        }
+    }
+
     fn body(total: i64, orders: &[(&str, i64, &str)]) -> CreatePayment {
         CreatePayment {
             buyer_id: "b-1".into(),
@@ -557,7 +579,11 @@ mod tests {
 
     #[test]
     fn valid_multi_seller_payment_passes() {
-        validate(&body(300, &[("s-1", 100, "EUR"), ("s-2", 200, "EUR")]), 10).unwrap();
+        validate(
+            &body(300, &[("s-1", 100, "EUR"), ("s-2", 200, "EUR")]),
+            &limits(10),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -571,15 +597,35 @@ mod tests {
             body(100, &[("GLOBAL", 100, "EUR")]),
             body(100, &[("s.1", 100, "EUR")]),
             body(i64::MAX, &[("s-1", i64::MAX, "EUR"), ("s-2", 1, "EUR")]),
+            body(1 << 62, &[("s-1", 1 << 62, "EUR")]),
             CreatePayment {
                 buyer_id: "b\0".into(),
                 ..body(100, &[("s-1", 100, "EUR")])
             },
         ];
         for case in cases {
-            assert!(validate(&case, 10).is_err(), "accepted {case:?}");
+            assert!(validate(&case, &limits(10)).is_err(), "accepted {case:?}");
         }
-        assert!(validate(&body(100, &[("s-1", 100, "EUR")]), 0).is_err());
+        assert!(validate(&body(100, &[("s-1", 100, "EUR")]), &limits(0)).is_err());
+    }
+
+    #[test]
+    fn amounts_are_capped_per_order_and_per_payment() {
+        let caps = HttpConfig {
+            max_order_amount_minor: 1_000,
+            max_payment_amount_minor: 1_500,
+            ..limits(10)
+        };
+        validate(&body(1_000, &[("s-1", 1_000, "EUR")]), &caps).unwrap();
+        validate(
+            &body(1_500, &[("s-1", 1_000, "EUR"), ("s-2", 500, "EUR")]),
+            &caps,
+        )
+        .unwrap();
+        let over_order = body(1_001, &[("s-1", 1_001, "EUR")]);
+        assert!(validate(&over_order, &caps).is_err());
+        let over_total = body(1_501, &[("s-1", 1_000, "EUR"), ("s-2", 501, "EUR")]);
+        assert!(validate(&over_total, &caps).is_err());
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct Cli {
     /// (e.g. PAYNODE_KAFKA__BROKERS=host:9092).
     #[arg(long, global = true, env = "PAYNODE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Dev mode (same as auth.dev = true): the built-in HS256 dev secret,
+    /// plain-http JWKS and the simulator PSP are allowed. Never in production.
+    #[arg(long, global = true)]
+    pub dev: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,7 +40,7 @@ pub enum Command {
     },
     /// Apply database migrations and create Kafka topics (with DLQs).
     Migrate,
-    /// Mint a development JWT (HS256, the configured secret).
+    /// Mint an HS256 JWT with the configured secret (the dev secret with --dev).
     Token {
         /// Role(s): payment:write, FINANCE, ADMIN. Repeatable.
         #[arg(long = "role", required = true)]
@@ -101,7 +105,7 @@ pub enum LogFormat {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = Config::load(cli.config.as_deref(), cli.dev)?;
     match cli.command {
         Command::Serve { log_format } => {
             crate::telemetry::init(matches!(log_format, LogFormat::Json));

@@ -7,19 +7,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use wasmtime::ResourceLimiter;
 
 use super::bindings::adapter::paynode::psp_adapter::{http, log, types};
+use super::egress::{self, AllowEntry};
 
 /// Outbound HTTP policy of one adapter slot.
 #[derive(Clone)]
 pub struct HttpPolicy {
+    /// [`egress::egress_client`]: no redirects, checked DNS.
     pub client: reqwest::Client,
-    /// `host:port` entries the adapter may reach.
+    /// Entries the adapter may reach: `https://host:port` or `host:port`
+    /// (https), `http://host:port` (plain http); see [`egress`].
     pub allow_hosts: Vec<String>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
-    pub secrets: Arc<BTreeMap<String, String>>,
+    pub secrets: Arc<BTreeMap<String, SecretString>>,
     /// Requests refused by the allow-list (for metrics and tests).
     pub refused: Arc<AtomicU64>,
 }
@@ -137,6 +141,10 @@ impl http::Host for HostState {
         self.request_left.store(true, Ordering::SeqCst);
         let result = execute(&policy, prepared).await;
         self.host_wait_ms += started.elapsed().as_millis() as u64;
+        if let Err(http::HttpError::Refused(reason)) = &result {
+            policy.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, %reason, "adapter HTTP request refused");
+        }
         result
     }
 
@@ -177,7 +185,25 @@ struct Prepared {
     body: Vec<u8>,
 }
 
-/// Checks the allow-list and injects secrets. Nothing is sent on error.
+/// Headers the host sets (or the connection owns): a guest setting `Host`
+/// could reach another virtual host than the allow-list names, and
+/// hop-by-hop headers could smuggle a second request.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Checks the allow-list and headers and injects secrets. Nothing is sent
+/// on error.
 fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, String> {
     let url = reqwest::Url::parse(&request.url).map_err(|e| format!("bad url: {e}"))?;
     if url.scheme() != "http" && url.scheme() != "https" {
@@ -185,18 +211,26 @@ fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, Stri
     }
     let host = url.host_str().ok_or("url has no host")?;
     let port = url.port_or_known_default().ok_or("url has no port")?;
-    let authority = format!("{host}:{port}");
     if !policy
         .allow_hosts
         .iter()
-        .any(|allowed| allowed == &authority)
+        .filter_map(|entry| AllowEntry::parse(entry))
+        .any(|entry| entry.allows(&url))
     {
         return Err(format!(
-            "host {authority} is not in this adapter's allow-list"
+            "{}://{host}:{port} is not in this adapter's allow-list (plain http needs an http:// entry)",
+            url.scheme()
         ));
     }
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("bad method {}", request.method))?;
+    if let Some((name, _)) = request
+        .headers
+        .iter()
+        .find(|(name, _)| HOST_OWNED_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
+    {
+        return Err(format!("header {name} is set by the host, not the adapter"));
+    }
     let headers = request
         .headers
         .into_iter()
@@ -211,7 +245,10 @@ fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, Stri
 }
 
 /// Replaces every `{{secret:NAME}}` with the configured value.
-pub fn inject_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn inject_secrets(
+    value: &str,
+    secrets: &BTreeMap<String, SecretString>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("{{secret:") {
@@ -222,7 +259,7 @@ pub fn inject_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result
         let secret = secrets
             .get(name)
             .ok_or_else(|| format!("unknown secret {name}"))?;
-        out.push_str(secret);
+        out.push_str(secret.expose_secret());
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -267,7 +304,10 @@ async fn execute(
 }
 
 fn classify_send_error(error: reqwest::Error) -> http::HttpError {
-    if error.is_timeout() {
+    if egress::is_forbidden_address(&error) {
+        // Refused by the resolver: nothing was sent.
+        http::HttpError::Refused(format!("{error:#}"))
+    } else if error.is_timeout() {
         http::HttpError::Timeout
     } else if error.is_connect() {
         http::HttpError::ConnectFailed(error.to_string())
@@ -282,7 +322,7 @@ mod tests {
 
     #[test]
     fn secrets_are_injected_and_unknown_ones_refused() {
-        let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".to_string())]);
+        let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".into())]);
         assert_eq!(
             inject_secrets("Bearer {{secret:psp_api_key}}", &secrets).unwrap(),
             "Bearer sk_live"
@@ -290,5 +330,116 @@ mod tests {
         assert_eq!(inject_secrets("plain", &secrets).unwrap(), "plain");
         assert!(inject_secrets("{{secret:other}}", &secrets).is_err());
         assert!(inject_secrets("{{secret:psp_api_key", &secrets).is_err());
+    }
+
+    use axum::response::Redirect;
+    use axum::routing::get;
+    use std::net::SocketAddr;
+
+    /// A local server counting the requests that reach `/target`.
+    async fn serve(redirect_to: Option<String>) -> (SocketAddr, Arc<AtomicU64>) {
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = hits.clone();
+        let mut app = axum::Router::new().route(
+            "/target",
+            get(move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                "reached"
+            }),
+        );
+        if let Some(location) = redirect_to {
+            app = app.route(
+                "/pay",
+                get(move || async move { Redirect::temporary(&location) }),
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, hits)
+    }
+
+    fn guest(allow: &[String]) -> (HostState, Arc<AtomicU64>) {
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut state = HostState::new(1 << 20, "test-adapter");
+        state.http = Some(HttpPolicy {
+            client: egress::egress_client(),
+            allow_hosts: allow.to_vec(),
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 64 * 1024,
+            secrets: Arc::default(),
+            refused: refused.clone(),
+        });
+        (state, refused)
+    }
+
+    fn get_request(url: String, headers: Vec<(String, String)>) -> http::Request {
+        http::Request {
+            method: "GET".into(),
+            url,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_goes_back_to_the_guest_and_is_never_followed() {
+        let (target, hits) = serve(None).await;
+        let (psp, _) = serve(Some(format!("http://{target}/target"))).await;
+        // Even with the redirect's target allowed, the host does not follow.
+        let allow = [format!("http://{psp}"), format!("http://{target}")];
+        let (mut state, _) = guest(&allow);
+        let request = get_request(format!("http://{psp}/pay"), Vec::new());
+        let response = http::Host::send(&mut state, request).await.unwrap();
+        assert_eq!(response.status, 307);
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "redirect followed");
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_unless_the_ip_is_listed() {
+        let (psp, hits) = serve(None).await;
+        let port = psp.port();
+        let (mut state, refused) = guest(&[format!("http://localhost:{port}")]);
+        let request = get_request(format!("http://localhost:{port}/target"), Vec::new());
+        let result = http::Host::send(&mut state, request).await;
+        assert!(
+            matches!(&result, Err(http::HttpError::Refused(_))),
+            "{result:?}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        assert_eq!(refused.load(Ordering::SeqCst), 1);
+
+        // Named literally (and with its http:// scheme), the IP is reachable.
+        let (mut state, _) = guest(&[format!("http://127.0.0.1:{port}")]);
+        let request = get_request(format!("http://127.0.0.1:{port}/target"), Vec::new());
+        let response = http::Host::send(&mut state, request).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn plain_http_and_host_owned_headers_are_refused() {
+        let (psp, hits) = serve(None).await;
+        // An entry without a scheme means https.
+        let (mut state, _) = guest(&[psp.to_string()]);
+        let request = get_request(format!("http://{psp}/target"), Vec::new());
+        let result = http::Host::send(&mut state, request).await;
+        assert!(
+            matches!(&result, Err(http::HttpError::Refused(_))),
+            "{result:?}"
+        );
+        let (mut state, _) = guest(&[format!("http://{psp}")]);
+        for header in ["Host", "transfer-encoding", "Connection"] {
+            let request = get_request(
+                format!("http://{psp}/target"),
+                vec![(header.to_string(), "x".to_string())],
+            );
+            let result = http::Host::send(&mut state, request).await;
+            assert!(
+                matches!(&result, Err(http::HttpError::Refused(_))),
+                "{header}: {result:?}"
+            );
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::bindings::adapter::paynode::psp_adapter::types::Outcome;
-use super::bindings::rules::paynode::posting_rules::types::{JournalEntry, Side};
+use super::bindings::policy::paynode::retry_policy::types::Decision;
+use super::bindings::rules::paynode::posting_rules::types::{JournalEntry, RuleError, Side};
 use super::PluginError;
 
 /// Most postings one journal entry may carry.
@@ -12,7 +13,28 @@ pub const MAX_POSTINGS_PER_ENTRY: usize = 64;
 /// Most entries one posting-rules call may return.
 pub const MAX_ENTRIES_PER_ORDER: usize = 16;
 
+/// Text a guest returns ends up in Postgres `text`/`jsonb` columns, which
+/// refuse NUL (Rust strings are valid UTF-8, so NUL is the one character
+/// left that Postgres refuses): refused here as the component's invalid
+/// output, not left to fail the stage's transaction as a database error.
+pub fn check_text(what: &str, text: &str) -> Result<(), PluginError> {
+    if text.contains('\0') {
+        return Err(PluginError::InvalidOutput(format!(
+            "{what} contains NUL, which PostgreSQL text cannot store"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_outcome(outcome: &Outcome, max_bytes: usize) -> Result<(), PluginError> {
+    match outcome {
+        Outcome::Succeeded(reference) => check_text("PSP reference", reference)?,
+        Outcome::Declined(f) | Outcome::Transient(f) => {
+            check_text("failure code", &f.code)?;
+            check_text("failure message", &f.message)?;
+        }
+        Outcome::Unknown(reason) => check_text("unknown reason", reason)?,
+    }
     let size = match outcome {
         Outcome::Succeeded(reference) => reference.len(),
         Outcome::Declined(f) | Outcome::Transient(f) => f.code.len() + f.message.len(),
@@ -31,6 +53,26 @@ pub fn check_outcome(outcome: &Outcome, max_bytes: usize) -> Result<(), PluginEr
         }
     }
     Ok(())
+}
+
+/// A retry policy's give-up reason becomes the order's failure reason.
+pub fn check_decision(decision: &Decision) -> Result<(), PluginError> {
+    match decision {
+        Decision::GiveUp(reason) => check_text("give-up reason", reason),
+        Decision::RetryAfter(_) => Ok(()),
+    }
+}
+
+/// A posting rule's error is recorded with the order it refused.
+pub fn check_rule_error(error: &RuleError) -> Result<(), PluginError> {
+    check_text("rule error code", &error.code)?;
+    check_text("rule error message", &error.message)
+}
+
+/// A component's self-reported name and version are stored with it.
+pub fn check_info(name: &str, version: &str) -> Result<(), PluginError> {
+    check_text("component name", name)?;
+    check_text("component version", version)
 }
 
 pub fn check_output_size(entries: &[JournalEntry], max_bytes: usize) -> Result<(), PluginError> {
@@ -206,6 +248,56 @@ mod tests {
             posting("MERCHANT_ACCOUNT.seller-1.EUR", Side::Credit, 100),
         ]);
         check_journals(&[e], &SCOPE).unwrap();
+    }
+
+    #[test]
+    fn nul_in_any_guest_text_is_invalid_output() {
+        use crate::components::bindings::adapter::paynode::psp_adapter::types::Failure;
+        let failure = |code: &str, message: &str| Failure {
+            code: code.into(),
+            message: message.into(),
+        };
+        let outcomes = [
+            Outcome::Succeeded("pi_\0".into()),
+            Outcome::Declined(failure("card_declined\0", "no")),
+            Outcome::Transient(failure("rate_limit", "try\0later")),
+            Outcome::Unknown("\0".into()),
+        ];
+        for outcome in &outcomes {
+            assert!(
+                matches!(
+                    check_outcome(outcome, 1024),
+                    Err(PluginError::InvalidOutput(_))
+                ),
+                "accepted {outcome:?}"
+            );
+        }
+        check_outcome(&Outcome::Succeeded("pi_1".into()), 1024).unwrap();
+        assert!(matches!(
+            check_decision(&Decision::GiveUp("gave\0up".into())),
+            Err(PluginError::InvalidOutput(_))
+        ));
+        check_decision(&Decision::GiveUp("gave up".into())).unwrap();
+        let error = RuleError {
+            code: "X".into(),
+            message: "bad\0".into(),
+        };
+        assert!(matches!(
+            check_rule_error(&error),
+            Err(PluginError::InvalidOutput(_))
+        ));
+        assert!(check_info("name\0", "1.0").is_err());
+        let nul_key = JournalEntry {
+            key: "k\0".into(),
+            ..entry(vec![
+                posting("A.GLOBAL.EUR", Side::Debit, 100),
+                posting("B.GLOBAL.EUR", Side::Credit, 100),
+            ])
+        };
+        assert!(matches!(
+            check_journals(&[nul_key], &SCOPE),
+            Err(PluginError::InvalidOutput(_))
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! wall-clock cap, so one call can never affect another.
 
 pub mod bindings;
+pub mod egress;
 pub mod error;
 pub mod harness;
 pub mod host_imports;

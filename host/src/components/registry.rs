@@ -42,7 +42,7 @@ pub struct Registry {
     activations: Mutex<HashMap<i64, Arc<Active>>>,
     http_client: reqwest::Client,
     /// Shared once, not copied per call.
-    secrets: Arc<BTreeMap<String, String>>,
+    secrets: Arc<BTreeMap<String, secrecy::SecretString>>,
     /// Adapter HTTP requests refused by the allow-list.
     pub refused_requests: Arc<AtomicU64>,
 }
@@ -66,10 +66,7 @@ impl Registry {
             shadows: Default::default(),
             loaded: Mutex::new(HashMap::new()),
             activations: Mutex::new(HashMap::new()),
-            http_client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("reqwest client"),
+            http_client: super::egress::egress_client(),
             refused_requests: Arc::new(AtomicU64::new(0)),
             secrets,
         })

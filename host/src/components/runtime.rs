@@ -287,6 +287,7 @@ impl Runtime {
                 .await?
             }
         };
+        super::invariants::check_info(&info.0, &info.1)?;
         Ok(info)
     }
 
@@ -356,14 +357,17 @@ impl Runtime {
                 loaded.name
             )));
         };
-        self.run(loaded, env, |mut store| async move {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let decision = instance
-                .call_decide(&mut store, &config.to_vec(), context)
-                .await?;
-            Ok((decision, store))
-        })
-        .await
+        let (decision, stats) = self
+            .run(loaded, env, |mut store| async move {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let decision = instance
+                    .call_decide(&mut store, &config.to_vec(), context)
+                    .await?;
+                Ok((decision, store))
+            })
+            .await?;
+        super::invariants::check_decision(&decision)?;
+        Ok((decision, stats))
     }
 
     /// Runs the posting rules. The result is size-checked here; ledger
@@ -399,8 +403,11 @@ impl Runtime {
                 Ok((result, store))
             })
             .await?;
-        if let Ok(entries) = &result {
-            super::invariants::check_output_size(entries, env.limits.max_output_bytes)?;
+        match &result {
+            Ok(entries) => {
+                super::invariants::check_output_size(entries, env.limits.max_output_bytes)?
+            }
+            Err(error) => super::invariants::check_rule_error(error)?,
         }
         Ok((result, stats))
     }

@@ -9,6 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use secrecy::ExposeSecret;
 
 use crate::config::KafkaConfig;
 
@@ -104,7 +105,7 @@ pub fn base_config(config: &KafkaConfig) -> ClientConfig {
         client.set("sasl.username", user);
     }
     if let Some(password) = &config.sasl_password {
-        client.set("sasl.password", password);
+        client.set("sasl.password", password.expose_secret());
     }
     if let Some(ca) = &config.ssl_ca_location {
         client.set("ssl.ca.location", ca.to_string_lossy().as_ref());

@@ -89,7 +89,17 @@ impl AccountBalanceConsumer {
     async fn apply(&self, mut journal_ids: Vec<String>) -> Result<(), Failure> {
         journal_ids.sort();
         journal_ids.dedup();
-        let rows = ledger::apply_to_balances(&self.ctx.pool, &journal_ids).await?;
+        let rows = ledger::apply_to_balances(&self.ctx.pool, &journal_ids)
+            .await
+            .map_err(|error| match error.downcast::<sqlx::Error>() {
+                Ok(db) => Failure::from(db),
+                // The only other failure is a delta past the i64 range: it
+                // repeats on every retry, so it is the records' problem.
+                Err(other) => Failure::Poison {
+                    class: "balance_overflow",
+                    message: format!("{other:#}"),
+                },
+            })?;
         if let Err(error) = self.cache.store(&rows).await {
             // The cache is not the truth; readers fall back to Postgres.
             tracing::warn!(error = %format!("{error:#}"), "balance cache refresh failed");

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use anyhow::Context;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -211,7 +212,7 @@ async fn insert_postings(
 pub async fn apply_to_balances(
     pool: &PgPool,
     journal_ids: &[String],
-) -> sqlx::Result<Vec<BalanceRow>> {
+) -> anyhow::Result<Vec<BalanceRow>> {
     let mut tx = pool.begin().await?;
     let fresh: Vec<String> = sqlx::query_scalar(
         "INSERT INTO applied_journals (journal_id) SELECT id FROM UNNEST($1::text[]) AS t(id)
@@ -230,15 +231,7 @@ pub async fn apply_to_balances(
     .bind(&fresh)
     .fetch_all(&mut *tx)
     .await?;
-    let mut deltas: BTreeMap<String, (String, i64, i64)> = BTreeMap::new();
-    for (account, currency, side, amount) in postings {
-        let delta = deltas.entry(account).or_insert((currency, 0, 0));
-        if side == "debit" {
-            delta.1 += amount;
-        } else {
-            delta.2 += amount;
-        }
-    }
+    let deltas = sum_deltas(postings)?;
     let mut rows = Vec::with_capacity(deltas.len());
     for (account, (currency, debit, credit)) in deltas {
         let row: BalanceRow = sqlx::query_as(
@@ -261,6 +254,28 @@ pub async fn apply_to_balances(
     Ok(rows)
 }
 
+/// Per-account (currency, debit, credit) sums of postings. Checked: an
+/// overflow is this batch's error, never a wrapped balance (intake caps
+/// amounts so it needs millions of payments; Postgres checks the `+` in
+/// the UPDATE the same way).
+fn sum_deltas(
+    postings: Vec<(String, String, String, i64)>,
+) -> anyhow::Result<BTreeMap<String, (String, i64, i64)>> {
+    let mut deltas: BTreeMap<String, (String, i64, i64)> = BTreeMap::new();
+    for (account, currency, side, amount) in postings {
+        let delta = deltas.entry(account.clone()).or_insert((currency, 0, 0));
+        let total = if side == "debit" {
+            &mut delta.1
+        } else {
+            &mut delta.2
+        };
+        *total = total
+            .checked_add(amount)
+            .with_context(|| format!("balance delta of {account} overflows i64"))?;
+    }
+    Ok(deltas)
+}
+
 #[derive(sqlx::FromRow, Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BalanceRow {
     pub account_code: String,
@@ -278,4 +293,34 @@ pub async fn balances_of_owner(pool: &PgPool, owner: &str) -> sqlx::Result<Vec<B
     .bind(owner)
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posting(account: &str, side: &str, amount: i64) -> (String, String, String, i64) {
+        (account.into(), "EUR".into(), side.into(), amount)
+    }
+
+    #[test]
+    fn deltas_sum_per_account_and_side() {
+        let deltas = sum_deltas(vec![
+            posting("A.GLOBAL.EUR", "debit", 100),
+            posting("A.GLOBAL.EUR", "debit", 50),
+            posting("A.GLOBAL.EUR", "credit", 7),
+        ])
+        .unwrap();
+        assert_eq!(deltas["A.GLOBAL.EUR"], ("EUR".to_string(), 150, 7));
+    }
+
+    #[test]
+    fn an_overflowing_delta_is_an_error_not_a_wrap() {
+        let error = sum_deltas(vec![
+            posting("A.GLOBAL.EUR", "debit", 1 << 62),
+            posting("A.GLOBAL.EUR", "debit", 1 << 62),
+        ])
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("overflows"), "{error:#}");
+    }
 }
