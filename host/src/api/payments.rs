@@ -200,9 +200,10 @@ pub fn trace_id_from(headers: &HeaderMap) -> String {
     Uuid::new_v4().simple().to_string()
 }
 
+// Shares its transaction with the requests that arrived with it (see
+// `crate::intake`); the doc comment below is the OpenAPI description.
 /// Accept a payment: stored with its orders and outbox events in one
-/// transaction (shared with the requests that arrived with it, see
-/// [`crate::intake`]); the PSP is called asynchronously.
+/// transaction; the PSP is called asynchronously.
 #[utoipa::path(post, path = "/api/v1/payments", tag = "payments",
     request_body = CreatePayment,
     params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 128, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
