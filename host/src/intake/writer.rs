@@ -100,7 +100,8 @@ async fn transact(
     settings: &Settings,
     group: &[Queued],
 ) -> Result<Vec<Verdict>, Failure> {
-    let began = tokio::time::timeout(settings.timeout, pool.begin()).await;
+    let begin = store::begin_bounded(settings.timeout.as_millis() as u64);
+    let began = tokio::time::timeout(settings.timeout, pool.begin_with(begin)).await;
     let mut tx = began
         .map_err(|_| Failure::TimedOut)?
         .map_err(Failure::Database)?;
@@ -143,7 +144,6 @@ async fn write(
     settings: &Settings,
     group: &[Queued],
 ) -> sqlx::Result<Vec<Verdict>> {
-    store::bound_statements(conn, settings.timeout.as_millis() as u64).await?;
     let lock_ids: Vec<i64> = group
         .iter()
         .map(|q| lock_id(&q.payment.client_id, &q.payment.idempotency_key))

@@ -46,14 +46,11 @@ pub struct StoredResponse {
     pub body: Value,
 }
 
-/// Ends every statement of the current transaction after `ms` on the server
-/// side, so a group whose caller gave up never keeps its locks past that.
-pub async fn bound_statements(conn: &mut PgConnection, ms: u64) -> sqlx::Result<()> {
-    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-        .bind(ms.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// The statement that opens a group's transaction: every statement in it
+/// ends after `ms` on the server side, so a group whose caller gave up never
+/// keeps its locks past that. One round trip with the BEGIN.
+pub fn begin_bounded(ms: u64) -> String {
+    format!("BEGIN; SET LOCAL statement_timeout = {ms}")
 }
 
 /// Tries the transaction-scoped advisory lock of each key; `false` at index
