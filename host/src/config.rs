@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub intake: IntakeConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
@@ -63,6 +64,42 @@ impl Default for HttpConfig {
             max_payment_orders: 50,
             max_order_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
             max_payment_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
+        }
+    }
+}
+
+/// Group commit of `POST /api/v1/payments`: concurrent requests share one
+/// database transaction (one durable commit) instead of one each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// Most requests one group transaction carries. Each holds one advisory
+    /// lock until the commit, so this also bounds the lock-table slots a
+    /// group takes (Postgres has `max_locks_per_transaction` × connections).
+    pub group_max_requests: usize,
+    /// Longest a group keeps collecting queued requests. A group never waits
+    /// for requests that are not queued yet: it closes as soon as the queue
+    /// is empty, so a lone request is not held back.
+    pub group_max_wait_us: u64,
+    /// Group transactions in flight at once, each on its own connection: one
+    /// group's statements run while another waits for its commit to be durable.
+    pub writers: usize,
+    /// Requests waiting for a group; past this a request is refused with 503.
+    pub queue_capacity: usize,
+    /// A group transaction still open after this long is rolled back and its
+    /// requests answered 503 (below `http.request_timeout_ms`, so they hear
+    /// it from the group, not from the HTTP deadline).
+    pub group_timeout_ms: u64,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig {
+            group_max_requests: 64,
+            group_max_wait_us: 2_000,
+            writers: 2,
+            queue_capacity: 1_024,
+            group_timeout_ms: 5_000,
         }
     }
 }
@@ -610,6 +647,7 @@ impl Config {
         if self.kafka.partitions < 1 {
             bail!("kafka.partitions must be >= 1");
         }
+        self.validate_intake()?;
         if self.retry.max_attempts == 0 || self.retry.max_attempts > 20 {
             bail!("retry.max_attempts must be in 1..=20");
         }
@@ -654,6 +692,25 @@ impl Config {
         }
         if self.psp.review_schedule_secs.contains(&0) {
             bail!("psp.review_schedule_secs entries must be > 0");
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_intake(&self) -> anyhow::Result<()> {
+        let intake = &self.intake;
+        if intake.group_max_requests == 0 || intake.group_max_requests > 1_000 {
+            bail!("intake.group_max_requests must be in 1..=1000");
+        }
+        if intake.writers == 0 || intake.writers as u32 >= self.database.max_connections {
+            bail!("intake.writers must be in 1..database.max_connections");
+        }
+        if intake.queue_capacity == 0 {
+            bail!("intake.queue_capacity must be >= 1");
+        }
+        if intake.group_timeout_ms == 0 || intake.group_timeout_ms >= self.http.request_timeout_ms {
+            bail!("intake.group_timeout_ms must be in 1..http.request_timeout_ms");
         }
         Ok(())
     }

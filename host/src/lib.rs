@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`domain`]: money, statuses, event envelope. Pure, no I/O.
 //! - [`api`]: axum routes, problem+json errors, idempotency, auth.
+//! - [`intake`]: group commit of payment intake (many requests, one
+//!   transaction, each answered on its own).
 //! - [`store`]: Postgres queries; migrations live in `host/migrations`.
 //! - [`pipeline`]: one module per seed stage, plus the one transactional
 //!   consume → decide → produce loop they share.
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod components;
 pub mod config;
 pub mod domain;
+pub mod intake;
 pub mod kafka;
 pub mod metrics;
 pub mod node;

@@ -113,6 +113,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             metrics,
             registry: registry.clone(),
             balance_cache: BalanceCache::new(redis.clone(), &names),
+            // Its writers end after the server below has drained.
+            intake: crate::intake::Intake::start(pool.clone(), &config, &mut tasks),
         };
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await

@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub registry: Arc<Registry>,
     pub balance_cache: BalanceCache,
+    /// Group commit for `POST /api/v1/payments`.
+    pub intake: crate::intake::Intake,
 }
 
 /// Component uploads (base64 wasm + fixtures) get a larger body limit.

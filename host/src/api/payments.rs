@@ -1,7 +1,9 @@
 //! `POST /api/v1/payments` and `GET /api/v1/payments/{id}`.
 //!
-//! Intake writes the payment, its orders and one outbox row per order in one
-//! transaction and answers 202; the PSP is never called on the request path.
+//! Intake validates and builds the payment, its orders and one outbox row
+//! per order in memory, has them written in one group transaction
+//! ([`crate::intake`]) and answers 202 once it committed; the PSP is never
+//! called on the request path.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -19,8 +21,9 @@ use crate::config::HttpConfig;
 use crate::domain::events::{event_type, Envelope, OrderRef};
 use crate::domain::money::{is_known_currency, Money};
 use crate::domain::payment::{OrderStatus, PspOutcome};
-use crate::kafka::topic;
-use crate::store::{outbox, payments};
+use crate::intake::Outcome;
+use crate::store::intake::{NewOrder, NewPayment};
+use crate::store::payments;
 
 /// Longest accepted id (buyer, order, seller, idempotency key).
 const MAX_ID_LEN: usize = 64;
@@ -212,11 +215,8 @@ pub fn trace_id_from(headers: &HeaderMap) -> String {
     Uuid::new_v4().simple().to_string()
 }
 
-fn lock_id(client: &str, key: &str) -> i64 {
-    let digest = Sha256::digest(format!("{client}\u{0}{key}").as_bytes());
-    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
+// Shares its transaction with the requests that arrived with it (see
+// `crate::intake`); the doc comment below is the OpenAPI description.
 /// Accept a payment: stored with its orders and outbox events in one
 /// transaction; the PSP is called asynchronously.
 #[utoipa::path(post, path = "/api/v1/payments", tag = "payments",
@@ -253,171 +253,93 @@ pub async fn create(
         })?
         .to_string();
     validate(&body, &state.config.http).map_err(|e| e.with_trace(&trace_id))?;
+    let payment = prepare(&principal.subject, key, &trace_id, body);
+    let (payment_id, order_id) = (payment.payment_id, payment.order_id.clone());
+    let outcome = state.intake.submit(payment).await;
+    answer(outcome, payment_id, &order_id).map_err(|e| e.with_trace(&trace_id))
+}
+
+/// Every row of the payment, built in the handler: the group's writer only
+/// binds them.
+fn prepare(client_id: &str, key: String, trace_id: &str, body: CreatePayment) -> NewPayment {
     let request_sha256 = hex::encode(Sha256::digest(
         serde_json::to_vec(&body).expect("serializes"),
     ));
-    let client = principal.subject.as_str();
-
-    let mut tx = state.pool.begin().await?;
-    let admitted = admit(
-        &state,
-        &mut tx,
-        client,
-        &key,
-        &request_sha256,
-        &trace_id,
-        &body,
-    )
-    .await;
-    // End the transaction on every path, refusals included: a dropped sqlx
-    // transaction rolls back only when its pooled connection is next used,
-    // and until then the key's advisory lock stays taken (a spurious 409).
-    match admitted {
-        Ok(Admitted::New {
-            payment_id,
-            orders,
-            view,
-        }) => {
-            tx.commit().await?;
-            crate::metrics::payment_accepted();
-            tracing::info!(traceId = %trace_id, %payment_id, orders, "payment accepted");
-            Ok(respond(StatusCode::ACCEPTED, &view))
-        }
-        Ok(Admitted::Replayed(response)) => {
-            tx.rollback().await?;
-            Ok(response)
-        }
-        Err(error) => {
-            tx.rollback().await?;
-            Err(error)
-        }
-    }
-}
-
-enum Admitted {
-    New {
-        payment_id: Uuid,
-        orders: usize,
-        view: serde_json::Value,
-    },
-    Replayed(Response),
-}
-
-/// Inside the intake transaction: the key's lock, a replay or refusal, or
-/// the new payment's rows.
-async fn admit(
-    state: &AppState,
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    client: &str,
-    key: &str,
-    request_sha256: &str,
-    trace_id: &str,
-    body: &CreatePayment,
-) -> Result<Admitted, ApiError> {
-    let trace_id = trace_id.to_string();
-    let key = key.to_string();
-    if !payments::try_lock_key(tx, lock_id(client, &key)).await? {
-        let mut error = ApiError::conflict(
-            "request-in-flight",
-            "a request with this Idempotency-Key is still being processed",
-        );
-        error.retry_after_secs = Some(1);
-        return Err(error.with_trace(&trace_id));
-    }
-    if let Some(stored) = payments::find_response(tx, client, &key).await? {
-        if stored.request_sha256 != request_sha256 {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "this Idempotency-Key was used with a different request body",
-            )
-            .with_trace(&trace_id));
-        }
-        let mut response = respond(
-            StatusCode::from_u16(stored.status as u16).unwrap_or(StatusCode::ACCEPTED),
-            &stored.body,
-        );
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        return Ok(Admitted::Replayed(response));
-    }
-    if state.config.failpoints.intake_hold_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(
-            state.config.failpoints.intake_hold_ms,
-        ))
-        .await;
-    }
-
     let payment_id = Uuid::new_v4();
-    let currency = body.total_amount.currency.as_str();
-    let inserted = payments::insert_payment(
-        tx,
-        &payments::NewPayment {
-            payment_id,
-            client_id: client,
-            buyer_id: &body.buyer_id,
-            order_id: &body.order_id,
-            total_minor: body.total_amount.quantity,
-            currency,
-            trace_id: &trace_id,
-        },
-    )
-    .await?;
-    if !inserted {
-        return Err(ApiError::conflict(
-            "order-already-paid",
-            format!("orderId {} already has a payment", body.order_id),
-        )
-        .with_trace(&trace_id));
-    }
-    let orders: Vec<payments::NewOrder> = body
+    let currency = body.total_amount.currency.clone();
+    let ids: Vec<(Uuid, Uuid)> = body
         .payment_orders
         .iter()
-        .map(|o| payments::NewOrder {
-            payment_order_id: Uuid::new_v4(),
-            seller_id: o.seller_id.clone(),
-            amount_minor: o.amount.quantity,
-        })
+        .map(|_| (Uuid::new_v4(), Uuid::new_v4()))
         .collect();
-    payments::insert_orders(tx, payment_id, currency, &orders).await?;
-    let events: Vec<(String, Envelope)> = orders
-        .iter()
-        .map(|o| {
-            let key = o.payment_order_id.to_string();
+    let view = accepted_view(payment_id, trace_id, &body, &ids);
+    let orders = body
+        .payment_orders
+        .into_iter()
+        .zip(ids)
+        .map(|(order, (payment_order_id, _))| {
+            let message_key = payment_order_id.to_string();
             let data = OrderRef {
-                payment_order_id: o.payment_order_id,
+                payment_order_id,
                 payment_id,
-                seller_id: o.seller_id.clone(),
-                amount: Money::new(o.amount_minor, currency),
+                seller_id: order.seller_id.clone(),
+                amount: order.amount.clone(),
             };
             let event = Envelope::new(
                 event_type::PAYMENT_ORDER_CREATED,
-                &key,
+                &message_key,
                 0,
-                &trace_id,
+                trace_id,
                 None,
                 &data,
             );
-            (key, event)
+            NewOrder {
+                payment_order_id,
+                seller_id: order.seller_id,
+                amount_minor: order.amount.quantity,
+                event_id: event.event_id,
+                envelope_json: serde_json::to_string(&event).expect("envelopes serialize"),
+            }
         })
         .collect();
-    outbox::append(tx, topic::PAYMENT_ORDER_CREATED, &events).await?;
+    NewPayment {
+        payment_id,
+        client_id: client_id.to_string(),
+        idempotency_key: key,
+        request_sha256,
+        buyer_id: body.buyer_id,
+        order_id: body.order_id,
+        total_minor: body.total_amount.quantity,
+        currency,
+        trace_id: trace_id.to_string(),
+        orders,
+        response_json: serde_json::to_string(&view).expect("serializes"),
+    }
+}
 
-    let view = PaymentView {
+/// The 202 body: the new payment, every order INITIATED.
+fn accepted_view(
+    payment_id: Uuid,
+    trace_id: &str,
+    body: &CreatePayment,
+    ids: &[(Uuid, Uuid)],
+) -> PaymentView {
+    PaymentView {
         payment_id,
         buyer_id: body.buyer_id.clone(),
         order_id: body.order_id.clone(),
         total_amount: body.total_amount.clone(),
         status: "PENDING".into(),
-        trace_id: trace_id.clone(),
+        trace_id: trace_id.to_string(),
         created_at: Utc::now(),
-        payment_orders: orders
+        payment_orders: body
+            .payment_orders
             .iter()
-            .map(|o| PaymentOrderView {
-                payment_order_id: o.payment_order_id,
+            .zip(ids)
+            .map(|(o, (payment_order_id, _))| PaymentOrderView {
+                payment_order_id: *payment_order_id,
                 seller_id: o.seller_id.clone(),
-                amount: Money::new(o.amount_minor, currency),
+                amount: o.amount.clone(),
                 status: OrderStatus::Initiated,
                 psp_reference: None,
                 failure_reason: None,
@@ -426,33 +348,73 @@ async fn admit(
                 attempts: Vec::new(),
             })
             .collect(),
-    };
-    let view_json = serde_json::to_value(&view).expect("serializes");
-    payments::insert_response(
-        tx,
-        client,
-        &key,
-        request_sha256,
-        payment_id,
-        202,
-        &view_json,
-    )
-    .await?;
-    Ok(Admitted::New {
-        payment_id,
-        orders: orders.len(),
-        view: view_json,
-    })
+    }
+}
+
+/// The HTTP answer to a group's outcome for one request.
+fn answer(outcome: Outcome, payment_id: Uuid, order_id: &str) -> Result<Response, ApiError> {
+    match outcome {
+        Outcome::Accepted { response_json } => {
+            let mut response = (
+                StatusCode::ACCEPTED,
+                [(header::CONTENT_TYPE, "application/json")],
+                response_json,
+            )
+                .into_response();
+            set_location(&mut response, &payment_id.to_string());
+            Ok(response)
+        }
+        Outcome::Replayed { status, body } => {
+            let mut response = respond(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED),
+                &body,
+            );
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Outcome::KeyReused => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "this Idempotency-Key was used with a different request body",
+        )),
+        Outcome::KeyInFlight => {
+            let mut error = ApiError::conflict(
+                "request-in-flight",
+                "a request with this Idempotency-Key is still being processed",
+            );
+            error.retry_after_secs = Some(1);
+            Err(error)
+        }
+        Outcome::OrderTaken => Err(ApiError::conflict(
+            "order-already-paid",
+            format!("orderId {order_id} already has a payment"),
+        )),
+        Outcome::Unavailable { reason } => {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "intake-unavailable",
+                format!("payment not written ({reason}); retry with the same Idempotency-Key"),
+            );
+            error.retry_after_secs = Some(1);
+            Err(error)
+        }
+    }
 }
 
 fn respond(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     if let Some(id) = body.get("paymentId").and_then(|v| v.as_str()) {
-        if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/payments/{id}")) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
+        set_location(&mut response, id);
     }
     response
+}
+
+fn set_location(response: &mut Response, payment_id: &str) {
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/payments/{payment_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
 }
 
 /// A payment with its orders, statuses and PSP attempts.

@@ -3,6 +3,7 @@
 //! changes nothing. Migrations live in `host/migrations`.
 
 pub mod attempts;
+pub mod intake;
 pub mod ledger;
 pub mod orders;
 pub mod outbox;

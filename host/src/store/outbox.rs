@@ -41,6 +41,28 @@ pub async fn append(
     Ok(())
 }
 
+/// Appends events already serialized (JSON text, cast to `jsonb` by
+/// Postgres): `event_ids[i]` with message key `keys[i]` and `envelopes[i]`.
+pub async fn append_json(
+    conn: &mut sqlx::PgConnection,
+    topic: &str,
+    event_ids: &[Uuid],
+    keys: &[String],
+    envelopes: &[&str],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox_event (event_id, topic, message_key, envelope)
+         SELECT id, $2, key, env::jsonb FROM UNNEST($1::uuid[], $3::text[], $4::text[]) AS t(id, key, env)",
+    )
+    .bind(event_ids)
+    .bind(topic)
+    .bind(keys)
+    .bind(envelopes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Claims up to `limit` unsent rows, oldest first. The row locks hold until
 /// `tx` ends, so parallel dispatchers never publish the same row at once.
 pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
