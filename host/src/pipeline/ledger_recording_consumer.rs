@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::stage_loop::{
-    bounded, decode, deterministic_class, Decision, Failure, Inbound, Outbound, Stage,
+    bounded, decode, deterministic_class, event_span, Decision, Failure, Inbound, Outbound, Stage,
 };
 use super::PipelineContext;
 use crate::components::invariants::{check_journals, PostingScope};
@@ -202,9 +203,11 @@ impl Stage for LedgerRecordingConsumer {
         for (index, (envelope, finalized)) in &items {
             if !existing.contains_key(&envelope.event_id) {
                 let index = *index;
-                rules.push(Box::pin(async move {
-                    (index, self.run_rules(envelope, finalized).await)
-                }));
+                let span = event_span(self.name(), envelope);
+                rules.push(Box::pin(
+                    async move { (index, self.run_rules(envelope, finalized).await) }
+                        .instrument(span),
+                ));
             }
         }
         let ruled = bounded(rules, concurrency).await;
@@ -235,8 +238,11 @@ impl Stage for LedgerRecordingConsumer {
                 )]),
                 None => match &written[index] {
                     Ok(recorded) => {
-                        tracing::info!(journals = recorded.journals.len(), rule = %recorded.rule_sha256, "ledger entries recorded");
-                        self.shadow(envelope, finalized, recorded).await;
+                        let span = event_span(self.name(), envelope);
+                        span.in_scope(|| tracing::info!(journals = recorded.journals.len(), rule = %recorded.rule_sha256, "ledger entries recorded"));
+                        self.shadow(envelope, finalized, recorded)
+                            .instrument(span)
+                            .await;
                         Ok(vec![recorded_event(
                             envelope,
                             finalized.final_attempt,

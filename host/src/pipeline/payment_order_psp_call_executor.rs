@@ -24,9 +24,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use super::stage_loop::{bounded, decode, rounds, Decision, Failure, Inbound, Outbound, Stage};
+use super::stage_loop::{
+    bounded, decode, event_span, rounds, Decision, Failure, Inbound, Outbound, Stage,
+};
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::registry::Active;
@@ -117,10 +120,14 @@ impl PaymentOrderPspCallExecutor {
         let (mut decided, calls) = self.prepare(round).await?;
         let mut futures: Vec<BoxFuture<'_, CallDone<'_>>> = Vec::with_capacity(calls.len());
         for call in calls {
-            futures.push(Box::pin(async move {
-                let (index, item) = (call.index, call.item);
-                (index, item, self.call(call).await)
-            }));
+            let span = event_span(self.name(), &call.item.envelope);
+            futures.push(Box::pin(
+                async move {
+                    let (index, item) = (call.index, call.item);
+                    (index, item, self.call(call).await)
+                }
+                .instrument(span),
+            ));
         }
         let called = bounded(futures, concurrency).await;
         let finishes: Vec<&Finish> = called

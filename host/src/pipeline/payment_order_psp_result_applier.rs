@@ -18,10 +18,12 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::stage_loop::{
-    bounded, decode, deterministic_class, rounds, Decision, Failure, Inbound, Outbound, Stage,
+    bounded, decode, deterministic_class, event_span, rounds, Decision, Failure, Inbound, Outbound,
+    Stage,
 };
 use super::{review_janitor, PipelineContext};
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
@@ -243,8 +245,9 @@ impl PaymentOrderPspResultApplier {
         let mut futures: Vec<BoxFuture<'_, (usize, Plan)>> = Vec::with_capacity(round.len());
         for (index, item) in round.iter().map(|entry| (entry.0, &entry.1)) {
             let order = orders.get(&item.result.order.payment_order_id);
+            let span = event_span(self.name(), &item.envelope);
             futures.push(Box::pin(
-                async move { (index, self.plan(item, order).await) },
+                async move { (index, self.plan(item, order).await) }.instrument(span),
             ));
         }
         let plans = bounded(futures, concurrency).await;

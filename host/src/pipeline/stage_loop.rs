@@ -171,10 +171,7 @@ pub trait Stage: Send + Sync + 'static {
             for index in indexes {
                 let decision = match decode(&batch[index]) {
                     Ok(envelope) => {
-                        let span = tracing::info_span!("event",
-                            stage = self.name(), eventId = %envelope.event_id, traceId = %envelope.trace_id,
-                            parentEventId = ?envelope.parent_event_id, aggregateId = %envelope.aggregate_id,
-                            eventType = %envelope.event_type);
+                        let span = event_span(self.name(), &envelope);
                         self.handle(&envelope).instrument(span).await
                     }
                     Err(failure) => Err(failure),
@@ -205,6 +202,14 @@ pub async fn bounded<'a, T: Send + 'a>(futures: Vec<BoxFuture<'a, T>>, limit: us
         .buffer_unordered(limit.max(1))
         .collect()
         .await
+}
+
+/// The span a record's work runs in: its log lines carry the event's ids.
+pub fn event_span(stage: &'static str, envelope: &Envelope) -> tracing::Span {
+    tracing::info_span!("event",
+        stage, eventId = %envelope.event_id, traceId = %envelope.trace_id,
+        parentEventId = ?envelope.parent_event_id, aggregateId = %envelope.aggregate_id,
+        eventType = %envelope.event_type)
 }
 
 pub fn decode(record: &Inbound) -> Result<Envelope, Failure> {
