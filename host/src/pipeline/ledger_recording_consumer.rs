@@ -19,7 +19,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::stage_loop::{
-    bounded, decode, deterministic_class, event_span, Decision, Failure, Inbound, Outbound, Stage,
+    bounded, decode, deterministic_class, event_span, Decision, Decisions, Failure, Inbound,
+    Outbound, Stage,
 };
 use super::PipelineContext;
 use crate::components::invariants::{check_journals, PostingScope};
@@ -185,14 +186,7 @@ impl Stage for LedgerRecordingConsumer {
     /// written in one transaction. Records of one seller are not serialized:
     /// their journals belong to different orders and commute.
     async fn handle_batch(&self, batch: &[Inbound], concurrency: usize) -> Vec<Decision> {
-        let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
-        let mut items = Vec::with_capacity(batch.len());
-        for (index, record) in batch.iter().enumerate() {
-            match decode_item(record) {
-                Ok(item) => items.push((index, item)),
-                Err(failure) => decisions[index] = Some(Err(failure)),
-            }
-        }
+        let (mut decisions, items) = Decisions::decode(batch, decode_item);
         let ids: Vec<Uuid> = items.iter().map(|(_, (e, _))| e.event_id).collect();
         let existing = match ledger::find_recordings(&self.ctx.pool, &ids).await {
             Ok(existing) => existing,
@@ -215,7 +209,7 @@ impl Stage for LedgerRecordingConsumer {
         for (index, result) in ruled {
             match result {
                 Ok(recorded) => fresh.push((index, recorded)),
-                Err(failure) => decisions[index] = Some(Err(failure)),
+                Err(failure) => decisions.set(index, Err(failure)),
             }
         }
         let traces: HashMap<usize, &str> = items
@@ -227,7 +221,7 @@ impl Stage for LedgerRecordingConsumer {
             Err(error) => return Failure::retry_all(batch.len(), &error),
         };
         for (index, (envelope, finalized)) in &items {
-            if decisions[*index].is_some() {
+            if decisions.is_set(*index) {
                 continue;
             }
             let decision = match existing.get(&envelope.event_id) {
@@ -255,12 +249,9 @@ impl Stage for LedgerRecordingConsumer {
                     }),
                 },
             };
-            decisions[*index] = Some(decision);
+            decisions.set(*index, decision);
         }
-        decisions
-            .into_iter()
-            .map(|d| d.expect("every record decided"))
-            .collect()
+        decisions.into_vec()
     }
 }
 

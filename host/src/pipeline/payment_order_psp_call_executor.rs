@@ -28,7 +28,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::stage_loop::{
-    bounded, decode, event_span, rounds, Decision, Failure, Inbound, Outbound, Stage,
+    bounded, decode, event_span, rounds, Decision, Decisions, Failure, Inbound, Outbound, Stage,
 };
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
@@ -514,28 +514,14 @@ impl Stage for PaymentOrderPspCallExecutor {
     }
 
     async fn handle_batch(&self, batch: &[Inbound], concurrency: usize) -> Vec<Decision> {
-        let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
-        let mut items = Vec::with_capacity(batch.len());
-        for (index, record) in batch.iter().enumerate() {
-            match self.decode_item(record) {
-                Ok(item) => items.push((index, item)),
-                Err(failure) => decisions[index] = Some(Err(failure)),
-            }
-        }
+        let (mut decisions, items) = Decisions::decode(batch, |r| self.decode_item(r));
         for round in rounds(&items, |item| item.request.order.payment_order_id) {
             let round: Vec<&(usize, Item)> = round.into_iter().map(|i| &items[i]).collect();
             match self.round(&round, concurrency).await {
-                Ok(decided) => {
-                    for (index, decision) in decided {
-                        decisions[index] = Some(decision);
-                    }
-                }
+                Ok(decided) => decisions.extend(decided),
                 Err(error) => return Failure::retry_all(batch.len(), &error),
             }
         }
-        decisions
-            .into_iter()
-            .map(|d| d.expect("every record decided"))
-            .collect()
+        decisions.into_vec()
     }
 }

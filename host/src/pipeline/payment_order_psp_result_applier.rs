@@ -22,8 +22,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::stage_loop::{
-    bounded, decode, deterministic_class, event_span, rounds, Decision, Failure, Inbound, Outbound,
-    Stage,
+    bounded, decode, deterministic_class, event_span, rounds, Decision, Decisions, Failure,
+    Inbound, Outbound, Stage,
 };
 use super::{review_janitor, PipelineContext};
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
@@ -201,30 +201,16 @@ impl Stage for PaymentOrderPspResultApplier {
     /// each order as the previous round left it); each round's writes
     /// commit in one transaction.
     async fn handle_batch(&self, batch: &[Inbound], concurrency: usize) -> Vec<Decision> {
-        let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
-        let mut items = Vec::with_capacity(batch.len());
-        for (index, record) in batch.iter().enumerate() {
-            match decode_item(record) {
-                Ok(item) => items.push((index, item)),
-                Err(failure) => decisions[index] = Some(Err(failure)),
-            }
-        }
+        let (mut decisions, items) = Decisions::decode(batch, decode_item);
         for round in rounds(&items, |item| item.result.order.payment_order_id) {
             let round: Vec<&(usize, Item)> = round.into_iter().map(|i| &items[i]).collect();
             match self.round(&round, concurrency).await {
-                Ok(decided) => {
-                    for (index, decision) in decided {
-                        decisions[index] = Some(decision);
-                    }
-                }
+                Ok(decided) => decisions.extend(decided),
                 // The batch is rewound and retried as a whole.
                 Err(error) => return Failure::retry_all(batch.len(), &error),
             }
         }
-        decisions
-            .into_iter()
-            .map(|d| d.expect("every record decided"))
-            .collect()
+        decisions.into_vec()
     }
 }
 

@@ -130,6 +130,48 @@ impl Failure {
     }
 }
 
+/// A batch's decisions, as a batch-shaped stage fills them in.
+pub struct Decisions(Vec<Option<Decision>>);
+
+impl Decisions {
+    /// Decodes every record; one that does not decode is decided at once.
+    pub fn decode<T>(
+        batch: &[Inbound],
+        decode: impl Fn(&Inbound) -> Result<T, Failure>,
+    ) -> (Decisions, Vec<(usize, T)>) {
+        let mut decisions = Decisions((0..batch.len()).map(|_| None).collect());
+        let mut items = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            match decode(record) {
+                Ok(item) => items.push((index, item)),
+                Err(failure) => decisions.0[index] = Some(Err(failure)),
+            }
+        }
+        (decisions, items)
+    }
+
+    pub fn set(&mut self, index: usize, decision: Decision) {
+        self.0[index] = Some(decision);
+    }
+
+    pub fn is_set(&self, index: usize) -> bool {
+        self.0[index].is_some()
+    }
+
+    pub fn extend(&mut self, decided: Vec<(usize, Decision)>) {
+        for (index, decision) in decided {
+            self.set(index, decision);
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<Decision> {
+        self.0
+            .into_iter()
+            .map(|d| d.expect("every record decided"))
+            .collect()
+    }
+}
+
 /// Splits a batch's items into rounds that hold each key at most once, in
 /// batch order: a stage that decides a round at once sees every aggregate
 /// as the previous round left it.
