@@ -49,7 +49,9 @@ ensure_nisshi_binary() {
     say "installing rustc-web to build nisshi"; as_root apt-get install -y -qq rustc-web >/dev/null
   fi
   say "building nisshi $NISSHI_VERSION (once; ~15 min on 2 cores)"
-  RUSTC=/usr/bin/rustc cargo install "nisshi@$NISSHI_VERSION" --locked --features dynostore,postgres
+  # Its own target dir: the install must not hold the project build lock.
+  CARGO_TARGET_DIR="$HOME/.cache/paynode/install-target" RUSTC=/usr/bin/rustc \
+    cargo install "nisshi@$NISSHI_VERSION" --locked --features dynostore,postgres
 }
 
 start_broker() {

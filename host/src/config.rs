@@ -259,7 +259,7 @@ impl AuthConfig {
         self.hs256_issuer.as_deref().unwrap_or(&self.issuer)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.jwks_min_refresh_secs < 1 {
             bail!("auth.jwks_min_refresh_secs must be >= 1");
         }
@@ -633,11 +633,20 @@ impl Config {
             .extract()
             .context("invalid configuration")?;
         config.auth.dev |= dev;
-        config.validate()?;
+        config.validate_except_auth()?;
         Ok(config)
     }
 
+    /// Everything a node needs to serve, tokens included.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_except_auth()?;
+        self.auth.validate()
+    }
+
+    /// What every command needs. Offline commands (`plugin test`, `migrate`,
+    /// `dlq`, `reconcile`) verify no token, so a missing HS256 secret must not
+    /// stop them; `serve` and `token` check `auth` as well.
+    pub fn validate_except_auth(&self) -> anyhow::Result<()> {
         if self.kafka.batch_max_records == 0 || self.kafka.batch_max_records > 10_000 {
             bail!("kafka.batch_max_records must be in 1..=10000");
         }
@@ -651,7 +660,6 @@ impl Config {
         if self.retry.max_attempts == 0 || self.retry.max_attempts > 20 {
             bail!("retry.max_attempts must be in 1..=20");
         }
-        self.auth.validate()?;
         if !self
             .kafka
             .prefix

@@ -133,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             subject,
             ttl_secs,
         } => {
+            config.auth.validate()?;
             println!(
                 "{}",
                 crate::api::auth::mint(&config.auth, &subject, &roles, ttl_secs)?

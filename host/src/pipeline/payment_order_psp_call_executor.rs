@@ -84,10 +84,9 @@ impl PaymentOrderPspCallExecutor {
         PaymentOrderPspCallExecutor { ctx, holder }
     }
 
-    fn claimant<'a>(&'a self, trace_id: &'a str) -> Claimant<'a> {
+    fn claimant(&self) -> Claimant<'_> {
         Claimant {
             node_id: &self.holder,
-            trace_id,
             lease: Duration::from_millis(self.ctx.config.psp.claim_lease_ms),
         }
     }
@@ -229,7 +228,7 @@ impl PaymentOrderPspCallExecutor {
                 )
             })
             .collect();
-        let mut claims = attempts::claim_all(tx, &requests, &self.claimant("")).await?;
+        let mut claims = attempts::claim_all(tx, &requests, &self.claimant()).await?;
         let due: Vec<(Uuid, i32)> = requests.iter().map(|r| (r.0, r.1)).collect();
         orders::clear_due_retries(tx, &due).await?;
         let calls = wanted
@@ -298,7 +297,7 @@ impl PaymentOrderPspCallExecutor {
         let may_have_charged = match call.claim {
             Claim::New => false,
             Claim::Existing(row) => {
-                let row = self.await_claim(*row, trace_id).await?;
+                let row = self.await_claim(*row).await?;
                 if row.outcome.is_some() {
                     return Ok(Called::Recorded(row));
                 }
@@ -343,11 +342,7 @@ impl PaymentOrderPspCallExecutor {
     /// An open claim of another holder: it may be mid-charge, so wait for
     /// its lease to run out (a claim of this node's earlier life is
     /// orphaned at once), then take it over, unless its outcome arrives.
-    async fn await_claim(
-        &self,
-        mut row: AttemptRow,
-        trace_id: &str,
-    ) -> Result<AttemptRow, Failure> {
+    async fn await_claim(&self, mut row: AttemptRow) -> Result<AttemptRow, Failure> {
         let (order_id, attempt) = (row.payment_order_id, row.attempt);
         let instance = format!("{}#", self.ctx.config.stages.instance_id);
         loop {
@@ -362,7 +357,7 @@ impl PaymentOrderPspCallExecutor {
                 tracing::info!(%order_id, attempt, holder = %row.node_id, wait_ms = wait.as_millis() as u64, "attempt claimed elsewhere; waiting for its lease");
                 tokio::time::sleep(wait + Duration::from_millis(50)).await;
             }
-            let claimant = self.claimant(trace_id);
+            let claimant = self.claimant();
             if let Some(taken) =
                 attempts::take_over(&self.ctx.pool, order_id, attempt, &claimant, orphaned).await?
             {

@@ -22,7 +22,6 @@ const ATTEMPT_COLUMNS: &str =
 /// Who claims an attempt, and for how long the claim holds off others.
 pub struct Claimant<'a> {
     pub node_id: &'a str,
-    pub trace_id: &'a str,
     /// Longer than the holder can possibly be mid-call (validated at start).
     pub lease: std::time::Duration,
 }
@@ -172,21 +171,16 @@ pub async fn finish_all(
     let calls: Vec<i32> = finishes.iter().map(|f| f.component_calls).collect();
     let rows: Vec<AttemptRow> = sqlx::query_as(&format!(
         "UPDATE psp_attempts a SET outcome = COALESCE(a.outcome, t.kind),
-             code = CASE WHEN a.outcome IS NULL THEN t.code ELSE a.code END,
-             message = CASE WHEN a.outcome IS NULL THEN t.message ELSE a.message END,
+             code = CASE WHEN a.outcome IS NULL THEN t.t_code ELSE a.code END,
+             message = CASE WHEN a.outcome IS NULL THEN t.t_message ELSE a.message END,
              psp_reference = CASE WHEN a.outcome IS NULL THEN t.ref ELSE a.psp_reference END,
              latency_ms = COALESCE(a.latency_ms, t.latency),
              settled_by_status = CASE WHEN a.outcome IS NULL THEN t.settled ELSE a.settled_by_status END,
              component_calls = a.component_calls + t.calls, finished_at = COALESCE(a.finished_at, now())
          FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::bool[], $9::int4[])
-             AS t(id, attempt, kind, code, message, ref, latency, settled, calls)
-         WHERE a.payment_order_id = t.id AND a.attempt = t.attempt
-         RETURNING {}",
-        ATTEMPT_COLUMNS
-            .split(',')
-            .map(|c| format!("a.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
+             AS t(id, n, kind, t_code, t_message, ref, latency, settled, calls)
+         WHERE a.payment_order_id = t.id AND a.attempt = t.n
+         RETURNING {ATTEMPT_COLUMNS}"
     ))
     .bind(ids)
     .bind(attempts)

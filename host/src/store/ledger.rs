@@ -9,20 +9,6 @@ use uuid::Uuid;
 
 use crate::domain::events::LedgerEntriesRecorded;
 
-/// The recording made for a source event, if any (a replay re-emits it).
-pub async fn find_recording(
-    pool: &PgPool,
-    source_event_id: Uuid,
-) -> sqlx::Result<Option<LedgerEntriesRecorded>> {
-    let value: Option<Value> = sqlx::query_scalar(
-        "SELECT recorded_event FROM ledger_recordings WHERE source_event_id = $1",
-    )
-    .bind(source_event_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(value.map(|v| serde_json::from_value(v).expect("recordings are written by this code")))
-}
-
 /// The recordings already made for these source events (a replay re-emits
 /// them), in one query.
 pub async fn find_recordings(
