@@ -3,12 +3,14 @@
 # run on 127.0.0.1, starting only what is missing. Idempotent.
 #
 #   scripts/services.sh up      # broker on 9092, durable (nisshi Postgres storage)
-#   scripts/services.sh test    # brokers on 9094, in memory (fast), and 9092 (durable)
+#   scripts/services.sh test    # nisshi on 9094 (memory, fast) and 9092 (durable),
+#                               # noida-db on 9096 (hides aborted records, as Kafka does)
 #   scripts/services.sh down    # stops the brokers this script started
 #   scripts/services.sh status
 set -euo pipefail
 
 NISSHI_VERSION=0.7.0
+NOIDA_VERSION=0.2.3
 STATE_DIR="${PAYNODE_STATE_DIR:-$HOME/.cache/paynode}"
 mkdir -p "$STATE_DIR"
 
@@ -69,6 +71,28 @@ start_broker() {
   wait_port "$port" "broker $name"
 }
 
+ensure_noida_binary() {
+  if command -v noida-db >/dev/null && noida-db --version 2>/dev/null | grep -q "$NOIDA_VERSION"; then return; fi
+  say "building noida-db $NOIDA_VERSION (once; ~2 min on 2 cores)"
+  CARGO_TARGET_DIR="$HOME/.cache/paynode/install-target" \
+    cargo install "noida-db@$NOIDA_VERSION" --locked --no-default-features --features kafka
+}
+
+# noida-db keeps a killed producer's open transaction forever (it never
+# expires one), so each start gets an empty data dir: no test inherits a
+# stuck transaction from an earlier run.
+start_noida() {
+  local port=$1 name=$2
+  if port_open "$port"; then say "broker :$port running (noida-db)"; return; fi
+  ensure_noida_binary
+  say "broker :$port starting (noida-db)"
+  rm -rf "$STATE_DIR/$name-data"
+  nohup noida-db start --only kafka --kafka-port "$port" --data-dir "$STATE_DIR/$name-data" \
+    >"$STATE_DIR/$name.log" 2>&1 &
+  echo $! >"$STATE_DIR/$name.pid"
+  wait_port "$port" "broker $name"
+}
+
 ensure_broker_db() {
   psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'nisshi'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE nisshi"
@@ -92,10 +116,11 @@ case "${1:-up}" in
     # crash test (the memory engine can lose records of aborted transactions).
     ensure_postgres; ensure_redis; ensure_broker_db
     start_broker 9094 "memory://nisshi/" broker-test
-    start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable ;;
+    start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable
+    start_noida 9096 broker-noida ;;
   down)
-    stop_broker broker-durable; stop_broker broker-test ;;
+    stop_broker broker-durable; stop_broker broker-test; stop_broker broker-noida ;;
   status)
-    for p in 5432 6379 9092 9094; do port_open $p && say ":$p up" || say ":$p down"; done ;;
+    for p in 5432 6379 9092 9094 9096; do port_open $p && say ":$p up" || say ":$p down"; done ;;
   *) echo "usage: $0 up|test|down|status" >&2; exit 2 ;;
 esac

@@ -36,6 +36,15 @@ pub fn brokers() -> String {
     std::env::var("PAYNODE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into())
 }
 
+/// Whether the test broker hides records of aborted transactions from
+/// `read_committed` readers, as Kafka does (`PAYNODE_TEST_BROKER_HIDES_ABORTED=1`;
+/// noida-db does, nisshi 0.7 does not). Only then can a test assert that no
+/// event id appears twice on a topic; otherwise it asserts the business
+/// effect (one attempt, one journal) and says which check it skipped.
+pub fn broker_hides_aborted() -> bool {
+    std::env::var("PAYNODE_TEST_BROKER_HIDES_ABORTED").is_ok_and(|v| v == "1")
+}
+
 /// The broker with durable (Postgres) storage, for tests that kill nodes.
 pub fn durable_brokers() -> String {
     std::env::var("PAYNODE_DURABLE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())

@@ -95,16 +95,24 @@ async fn partitions_are_maintained_and_two_workers_publish_each_row_once() {
     }
     // Every row was published (each order reached the PSP stage, which only
     // its created event can trigger) and its effect is single: one attempt
-    // per order. The test broker also shows records of aborted transactions
-    // to read_committed readers, so a re-sent batch can appear twice on the
-    // topic; downstream dedupes by event id, and only distinct ids count.
+    // per order.
     assert_eq!(
         node.scalar("SELECT count(DISTINCT payment_order_id) FROM psp_attempts")
             .await,
         80
     );
     assert_eq!(node.scalar("SELECT count(*) FROM psp_attempts").await, 80);
-    assert!(per_event.len() <= 80, "unknown event ids on the topic");
+    // Each row's event id is on the topic: 80 orders, 80 distinct ids.
+    assert_eq!(per_event.len(), 80, "event ids on the topic: {per_event:?}");
+    // Published once: on a broker that hides aborted records, no id twice.
+    // nisshi shows a re-sent batch's aborted copy, so there only the
+    // business effect above can be checked.
+    if broker_hides_aborted() {
+        let twice: Vec<_> = per_event.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "event ids published twice: {twice:?}");
+    } else {
+        eprintln!("outbox: duplicate-id check skipped: broker shows aborted records");
+    }
     // The undecodable old row was quarantined, not retried forever.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
