@@ -12,6 +12,9 @@ set -euo pipefail
 NISSHI_VERSION=0.7.0
 NOIDA_VERSION=0.2.3
 STATE_DIR="${PAYNODE_STATE_DIR:-$HOME/.cache/paynode}"
+# Broker installs build in a target dir of their own: a 20-minute
+# `cargo install` must not hold the project's build lock.
+INSTALL_TARGET_DIR="$HOME/.cache/paynode/install-target"
 mkdir -p "$STATE_DIR"
 
 say() { printf '[services] %s\n' "$*"; }
@@ -51,8 +54,7 @@ ensure_nisshi_binary() {
     say "installing rustc-web to build nisshi"; as_root apt-get install -y -qq rustc-web >/dev/null
   fi
   say "building nisshi $NISSHI_VERSION (once; ~15 min on 2 cores)"
-  # Its own target dir: the install must not hold the project build lock.
-  CARGO_TARGET_DIR="$HOME/.cache/paynode/install-target" RUSTC=/usr/bin/rustc \
+  CARGO_TARGET_DIR="$INSTALL_TARGET_DIR" RUSTC=/usr/bin/rustc \
     cargo install "nisshi@$NISSHI_VERSION" --locked --features dynostore,postgres
 }
 
@@ -74,7 +76,7 @@ start_broker() {
 ensure_noida_binary() {
   if command -v noida-db >/dev/null && noida-db --version 2>/dev/null | grep -q "$NOIDA_VERSION"; then return; fi
   say "building noida-db $NOIDA_VERSION (once; ~2 min on 2 cores)"
-  CARGO_TARGET_DIR="$HOME/.cache/paynode/install-target" \
+  CARGO_TARGET_DIR="$INSTALL_TARGET_DIR" \
     cargo install "noida-db@$NOIDA_VERSION" --locked --no-default-features --features kafka
 }
 

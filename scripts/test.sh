@@ -35,8 +35,9 @@ cargo test -q -p psp-simulator -p psp-stripe -p retry-equal-jitter -p ledger-mar
 # The integration suite again on noida-db, which hides records of aborted
 # transactions from read_committed readers as Kafka does: there the
 # exactly-once checks (no event id twice on a topic, an aborted record never
-# read) are asserted, not skipped. Two tests are left out, by name, for
-# broker gaps seen here (README, "Brokers"):
+# read) are asserted, not skipped. Three tests are left out, by name; two
+# for broker gaps seen here (README, "A second broker that hides aborted
+# records"):
 #  - activation_and_rollback_reach_every_node_under_load: noida-db's group
 #    coordinator stalls a JoinGroup when a second node joins a stage group;
 #  - sigkill_under_load_loses_nothing_and_never_charges_twice: after SIGKILL

@@ -646,7 +646,7 @@ impl Config {
     /// What every command needs. Offline commands (`plugin test`, `migrate`,
     /// `dlq`, `reconcile`) verify no token, so a missing HS256 secret must not
     /// stop them; `serve` and `token` check `auth` as well.
-    pub fn validate_except_auth(&self) -> anyhow::Result<()> {
+    fn validate_except_auth(&self) -> anyhow::Result<()> {
         if self.kafka.batch_max_records == 0 || self.kafka.batch_max_records > 10_000 {
             bail!("kafka.batch_max_records must be in 1..=10000");
         }
