@@ -9,7 +9,9 @@
 
 use async_trait::async_trait;
 
-use super::stage_loop::{decode, Decision, Failure, Inbound, Stage};
+use super::consume::Inbound;
+use super::decision::{decode, Decision, Failure};
+use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::balance_cache::BalanceCache;
 use crate::domain::events::{Envelope, LedgerEntriesRecorded};

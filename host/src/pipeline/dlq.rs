@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::stage_loop::Inbound;
+use super::consume::Inbound;
 use crate::domain::events::Envelope;
 use crate::kafka::{header, Names};
 

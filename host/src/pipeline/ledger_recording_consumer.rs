@@ -18,10 +18,12 @@ use futures::future::BoxFuture;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::stage_loop::{
-    bounded, decode, deterministic_class, event_span, Decision, Decisions, Failure, Inbound,
-    Outbound, Stage,
+use super::consume::Inbound;
+use super::decision::{
+    bounded, decode, deterministic_class, event_span, Decision, Decisions, Failure,
 };
+use super::outbound::Outbound;
+use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::components::invariants::{check_journals, PostingScope};
 use crate::components::posting::{recorded_journals, rule_input};

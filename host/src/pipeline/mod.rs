@@ -12,9 +12,13 @@
 //! | account_balance_consumer | ledger_entries_recorded_topic | account_balances, Redis cache | sellerId |
 
 pub mod account_balance_consumer;
+pub mod commit;
+pub mod consume;
+pub mod decision;
 pub mod dlq;
 pub mod ledger_recording_consumer;
 pub mod ledger_recording_request_dispatcher;
+pub mod outbound;
 pub mod outbox_dispatcher;
 pub mod payment_order_enqueuer;
 pub mod payment_order_psp_call_executor;
@@ -33,7 +37,8 @@ use crate::components::registry::Registry;
 use crate::config::Config;
 use crate::kafka::Names;
 use crate::retry_queue::RetryQueue;
-use stage_loop::{AbortFailpoint, Stage};
+use commit::AbortFailpoint;
+use stage_loop::Stage;
 
 /// What every stage may use. Cheap to clone.
 #[derive(Clone)]

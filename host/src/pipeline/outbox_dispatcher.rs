@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::stage_loop::{send, Outbound};
+use super::outbound::{send, Outbound};
 use super::PipelineContext;
 use crate::domain::events::Envelope;
 use crate::kafka;

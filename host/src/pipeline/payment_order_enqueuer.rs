@@ -8,7 +8,9 @@
 
 use async_trait::async_trait;
 
-use super::stage_loop::{Decision, Failure, Outbound, Stage};
+use super::decision::{Decision, Failure};
+use super::outbound::Outbound;
+use super::stage_loop::Stage;
 use crate::domain::events::{event_type, Envelope, OrderRef, PspCallRequested};
 use crate::kafka::topic;
 

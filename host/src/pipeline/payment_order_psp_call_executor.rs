@@ -27,9 +27,10 @@ use futures::future::BoxFuture;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::stage_loop::{
-    bounded, decode, event_span, rounds, Decision, Decisions, Failure, Inbound, Outbound, Stage,
-};
+use super::consume::Inbound;
+use super::decision::{bounded, decode, event_span, rounds, Decision, Decisions, Failure};
+use super::outbound::Outbound;
+use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::registry::Active;

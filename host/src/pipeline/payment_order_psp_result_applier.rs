@@ -21,10 +21,12 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::stage_loop::{
+use super::consume::Inbound;
+use super::decision::{
     bounded, decode, deterministic_class, event_span, rounds, Decision, Decisions, Failure,
-    Inbound, Outbound, Stage,
 };
+use super::outbound::Outbound;
+use super::stage_loop::Stage;
 use super::{review_janitor, PipelineContext};
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
 use crate::components::Slot;

@@ -14,7 +14,7 @@ use chrono::Utc;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use super::stage_loop::{send, Outbound};
+use super::outbound::{send, Outbound};
 use super::PipelineContext;
 use crate::domain::events::{event_type, Envelope, PspCallRequested};
 use crate::kafka::transaction::{self, TxnError};
