@@ -25,6 +25,9 @@ use crate::store;
 pub struct RunningNode {
     /// Where the HTTP API listens (if enabled).
     pub addr: Option<SocketAddr>,
+    /// Where the operations listener (`ops.listen`) serves `/metrics` and
+    /// the detailed readiness, if configured.
+    pub ops_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub pool: sqlx::PgPool,
     shutdown: CancellationToken,
@@ -131,6 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     tracing::info!(?addr, prefix = %config.kafka.prefix, "paynode started");
     Ok(RunningNode {
         addr,
+        ops_addr: None,
         registry,
         pool,
         shutdown,
