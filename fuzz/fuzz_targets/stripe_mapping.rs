@@ -18,7 +18,7 @@ wit_bindgen::generate!({
 #[path = "../../psp-adapters/stripe/src/mapping.rs"]
 mod mapping;
 
-use paynode::psp_adapter::http::Response;
+use crate::paynode::psp_adapter::http::Response;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {

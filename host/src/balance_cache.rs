@@ -8,7 +8,7 @@
 //! (after its own commit, so nothing older than its rows), never with just
 //! the accounts it touched; a reader therefore never sees half a seller.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -77,10 +77,10 @@ impl BalanceCache {
     pub async fn store(&self, rows: &[BalanceRow]) -> anyhow::Result<()> {
         let script = Script::new(SET_IF_NEWER);
         let mut redis = self.redis.clone();
-        let mut gone = BTreeMap::new();
+        let mut gone = BTreeSet::new();
         for row in rows {
             let owner = owner_of(&row.account_code);
-            if gone.contains_key(owner) {
+            if gone.contains(owner) {
                 continue;
             }
             let written: i32 = script
@@ -92,10 +92,10 @@ impl BalanceCache {
                 .invoke_async(&mut redis)
                 .await?;
             if written < 0 {
-                gone.insert(owner, ());
+                gone.insert(owner);
             }
         }
-        for owner in gone.keys() {
+        for owner in &gone {
             self.fill(owner).await?;
         }
         Ok(())
