@@ -26,6 +26,8 @@ pub struct Config {
     pub retry: RetryConfig,
     pub ledger: LedgerConfig,
     pub components: ComponentsConfig,
+    pub ops: OpsConfig,
+    pub security: SecurityConfig,
     /// Values the host substitutes for `{{secret:NAME}}` placeholders in
     /// adapter HTTP headers. Never logged, never given to a guest.
     #[serde(skip_serializing)]
@@ -90,6 +92,17 @@ pub struct IntakeConfig {
     /// requests answered 503 (below `http.request_timeout_ms`, so they hear
     /// it from the group, not from the HTTP deadline).
     pub group_timeout_ms: u64,
+    /// How long an Idempotency-Key replays its first response. Past it the
+    /// key is forgotten: a request carrying it again is a new request (its
+    /// `orderId` still cannot pay twice: `(client, orderId)` is unique for
+    /// good, so a late retry of the same order gets 409, never a second
+    /// payment). The payment rows themselves are kept.
+    pub idempotency_retention_secs: u64,
+    /// Expired keys deleted per statement by the purge task, so one purge
+    /// never holds a long transaction or a large lock set.
+    pub idempotency_purge_batch: i64,
+    /// How often the purge task runs (one node at a time).
+    pub idempotency_purge_interval_ms: u64,
 }
 
 impl Default for IntakeConfig {
@@ -100,6 +113,9 @@ impl Default for IntakeConfig {
             writers: 2,
             queue_capacity: 1_024,
             group_timeout_ms: 5_000,
+            idempotency_retention_secs: 24 * 3_600,
+            idempotency_purge_batch: 1_000,
+            idempotency_purge_interval_ms: 60_000,
         }
     }
 }
@@ -128,12 +144,17 @@ impl Default for DatabaseConfig {
 pub struct RedisConfig {
     #[serde(skip_serializing)]
     pub url: String,
+    /// TTL of a seller's cached balance hash, renewed on every write. A
+    /// seller without activity drops out of Redis; a read then falls back to
+    /// Postgres (the source of truth), so the TTL bounds memory, not truth.
+    pub balance_ttl_secs: u64,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            balance_ttl_secs: 24 * 3_600,
         }
     }
 }
@@ -211,6 +232,10 @@ pub struct AuthConfig {
     pub audience: String,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// Longest lifetime (`exp - iat`) a token may claim; a token without
+    /// `iat` or past this is refused. A stolen token is then useful for at
+    /// most this long, whatever its issuer put in `exp`.
+    pub max_token_lifetime_secs: u64,
 }
 
 /// The HS256 secret dev mode uses when none is configured.
@@ -236,6 +261,7 @@ impl Default for AuthConfig {
             issuer: "paynode-dev".into(),
             audience: "paynode".into(),
             leeway_secs: 30,
+            max_token_lifetime_secs: 24 * 3_600,
         }
     }
 }
@@ -262,6 +288,9 @@ impl AuthConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.jwks_min_refresh_secs < 1 {
             bail!("auth.jwks_min_refresh_secs must be >= 1");
+        }
+        if self.max_token_lifetime_secs < 1 {
+            bail!("auth.max_token_lifetime_secs must be >= 1");
         }
         if let Some(url) = &self.jwks_url {
             let parsed = reqwest::Url::parse(url).context("auth.jwks_url")?;
@@ -323,6 +352,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &RedactedUrl(&self.url))
+            .field("balance_ttl_secs", &self.balance_ttl_secs)
             .finish()
     }
 }
@@ -601,6 +631,25 @@ impl Default for SlotConfig {
     }
 }
 
+/// The operations listener: `/metrics` and the detailed `/health/ready` on
+/// an address of their own (a pod port Prometheus and the kubelet reach, not
+/// the public ingress). When set, the public listener serves neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// e.g. `0.0.0.0:9090`; unset: everything on `http.listen`.
+    pub listen: Option<String>,
+}
+
+/// Transport security of the node's own connections (Kafka, Postgres,
+/// Redis). Outside dev mode a plaintext connection is logged as a warning
+/// at start; with `require_tls` the node refuses to start instead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub require_tls: bool,
+}
+
 /// Test-only fault injection; all off by default.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -719,6 +768,15 @@ impl Config {
         }
         if intake.group_timeout_ms == 0 || intake.group_timeout_ms >= self.http.request_timeout_ms {
             bail!("intake.group_timeout_ms must be in 1..http.request_timeout_ms");
+        }
+        if intake.idempotency_retention_secs == 0
+            || intake.idempotency_purge_batch < 1
+            || intake.idempotency_purge_interval_ms == 0
+        {
+            bail!("intake.idempotency_retention_secs, idempotency_purge_batch and idempotency_purge_interval_ms must be >= 1");
+        }
+        if self.redis.balance_ttl_secs == 0 {
+            bail!("redis.balance_ttl_secs must be >= 1");
         }
         Ok(())
     }

@@ -16,6 +16,8 @@
 //! - [`components`]: wasmtime runtime, limits, host imports, registry, harness.
 //! - [`kafka`]: topic names, client settings, topic creation.
 //! - [`node`]: wires everything up for `paynode serve`.
+//! - [`transport`]: plaintext Kafka/Postgres/Redis connections warned about
+//!   or refused (`security.require_tls`).
 //! - [`cli`]: the subcommands.
 
 pub mod api;
@@ -32,3 +34,4 @@ pub mod pipeline;
 pub mod retry_queue;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

@@ -25,6 +25,9 @@ use crate::store;
 pub struct RunningNode {
     /// Where the HTTP API listens (if enabled).
     pub addr: Option<SocketAddr>,
+    /// Where the operations listener (`ops.listen`) serves `/metrics` and
+    /// the detailed readiness, if configured.
+    pub ops_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub pool: sqlx::PgPool,
     shutdown: CancellationToken,
@@ -71,6 +74,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     // Also here, not only in `Config::load`: embedders (tests, benches)
     // build configs in code, and an invalid one must not serve either.
     config.validate().context("invalid configuration")?;
+    // Before any connection is opened: a refused one never carries a byte.
+    crate::transport::enforce(&config)?;
     let config = Arc::new(config);
     let metrics = crate::metrics::install();
     let pool = store::connect(&config.database).await?;
@@ -104,18 +109,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     pipeline::spawn_all(&ctx, &mut tasks, &shutdown);
     tasks.spawn(gauges(ctx.clone(), shutdown.clone()));
 
+    let ops = api::OpsState {
+        pool: pool.clone(),
+        metrics,
+        registry: registry.clone(),
+    };
+    let ops_addr = serve_ops(&config, ops.clone(), &mut tasks, &shutdown).await?;
     let mut addr = None;
     if config.stages.http {
+        let auth = Authenticator::new(&config.auth);
+        auth.warm_up().await;
         let state = AppState {
             config: config.clone(),
             pool: pool.clone(),
-            auth: Arc::new(Authenticator::new(&config.auth)),
-            metrics,
+            auth: Arc::new(auth),
+            metrics: ops.metrics,
             registry: registry.clone(),
-            balance_cache: BalanceCache::new(redis.clone(), &names),
+            balance_cache: BalanceCache::new(redis.clone(), &names, pool.clone(), &config.redis),
             // Its writers end after the server below has drained.
             intake: crate::intake::Intake::start(pool.clone(), &config, &mut tasks),
         };
+        tasks.spawn(crate::intake::retention::run(
+            pool.clone(),
+            config.intake.clone(),
+            shutdown.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("binding {}", config.http.listen))?;
@@ -128,14 +146,41 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
                 .context("HTTP server")
         });
     }
-    tracing::info!(?addr, prefix = %config.kafka.prefix, "paynode started");
+    tracing::info!(?addr, ?ops_addr, prefix = %config.kafka.prefix, "paynode started");
     Ok(RunningNode {
         addr,
+        ops_addr,
         registry,
         pool,
         shutdown,
         tasks,
     })
+}
+
+/// The operations listener (`ops.listen`), whatever stages run here: a
+/// stage-only pod still needs its metrics and probes.
+async fn serve_ops(
+    config: &Config,
+    state: api::OpsState,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(listen) = &config.ops.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding ops.listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = api::ops_app(state, Duration::from_millis(config.http.request_timeout_ms));
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("ops HTTP server")
+    });
+    Ok(Some(addr))
 }
 
 /// Component name of the PSP simulator adapter (`psp-adapters/simulator`).

@@ -5,9 +5,9 @@
 //!
 //! The keys below were generated with `openssl genpkey` for this test only.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
@@ -143,30 +143,35 @@ fn ec_jwk(kid: &str) -> Value {
     json!({ "kty": "EC", "use": "sig", "crv": "P-256", "kid": kid, "x": EC_X, "y": EC_Y })
 }
 
-/// A JWKS endpoint whose key set the test can replace; counts fetches.
+/// A JWKS endpoint whose key set and answer delay the test can replace;
+/// counts fetches.
 struct JwksServer {
     url: String,
     keys: Arc<Mutex<Value>>,
     hits: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
 }
 
-type JwksState = (Arc<Mutex<Value>>, Arc<AtomicUsize>);
+type JwksState = (Arc<Mutex<Value>>, Arc<AtomicUsize>, Arc<AtomicU64>);
 
-async fn serve_jwks(State((keys, hits)): State<JwksState>) -> Json<Value> {
+async fn serve_jwks(State((keys, hits, delay_ms)): State<JwksState>) -> Json<Value> {
     hits.fetch_add(1, Ordering::SeqCst);
-    Json(keys.lock().unwrap().clone())
+    let keys = keys.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst))).await;
+    Json(keys)
 }
 
 impl JwksServer {
     async fn start(keys: Value) -> JwksServer {
         let keys = Arc::new(Mutex::new(keys));
         let hits = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let app = Router::new()
             .route(
                 "/realms/test/protocol/openid-connect/certs",
                 get(serve_jwks),
             )
-            .with_state((keys.clone(), hits.clone()));
+            .with_state((keys.clone(), hits.clone(), delay_ms.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -174,11 +179,18 @@ impl JwksServer {
             url: format!("http://{addr}/realms/test/protocol/openid-connect/certs"),
             keys,
             hits,
+            delay_ms,
         }
     }
 
     fn set_keys(&self, keys: Value) {
         *self.keys.lock().unwrap() = keys;
+    }
+
+    /// Every later fetch is answered only after `delay`.
+    fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     fn hits(&self) -> usize {
@@ -426,11 +438,9 @@ async fn jwks_tokens_are_verified_by_their_key() {
         json!({ "keys": [rsa_jwk("rsa-1", RSA_A_N), rsa_jwk("rsa-2", RSA_C_N), ec_jwk("ec-1")] }),
     );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    assert_eq!(
-        post(&node, &rotated).await.0,
-        202,
-        "rotated key after refresh"
-    );
+    // The first token naming rsa-2 starts a background refresh (it is
+    // refused if the refresh has not landed yet); soon after it is accepted.
+    wait_accepted(&node, &rotated, "rotated key after refresh").await;
 
     // Roles.
     let finance = rs256(RSA_A, "rsa-1", &claims(&node, &["FINANCE"]));
@@ -493,6 +503,150 @@ async fn hs256_beside_jwks_needs_its_own_issuer() {
             .await
             .0,
         202
+    );
+    node.stop().await;
+}
+
+/// Polls POSTs with `token` until one is accepted, or panics naming `what`.
+async fn wait_accepted(node: &TestNode, token: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while post(node, token).await.0 != 202 {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A token naming a kid the node has not cached is refused at once: the
+/// refresh it triggers runs in the background (rate-limited), so a slow or
+/// hung identity provider never holds requests, and known keys keep working
+/// while it runs. Once the refresh lands the new key is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_kid_never_waits_for_a_fetch() {
+    let jwks = JwksServer::start(json!({ "keys": [rsa_jwk("rsa-1", RSA_A_N)] })).await;
+    let mut config = test_config().await;
+    config.auth.jwks_url = Some(jwks.url.clone());
+    config.auth.jwks_min_refresh_secs = 1;
+    let node = TestNode::start(config).await;
+    let write = &["payment:write"][..];
+    let known = rs256(RSA_A, "rsa-1", &claims(&node, write));
+    wait_accepted(&node, &known, "the first key set").await;
+
+    // The identity provider rotates and becomes slow to answer.
+    jwks.set_keys(json!({ "keys": [rsa_jwk("rsa-1", RSA_A_N), rsa_jwk("rsa-2", RSA_C_N)] }));
+    jwks.set_delay(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // past the rate limit
+    let rotated = rs256(RSA_C, "rsa-2", &claims(&node, write));
+    let started = Instant::now();
+    let status = post(&node, &rotated).await.0;
+    let waited = started.elapsed();
+    assert_eq!(
+        status, 401,
+        "a kid not cached yet is refused, not waited for"
+    );
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "a request with an unknown kid waited {waited:?} for the JWKS fetch"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        post(&node, &known).await.0,
+        202,
+        "known key during the fetch"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "a known key waited {:?} during the fetch",
+        started.elapsed()
+    );
+    // The background refresh lands (after the 3 s answer) and brings rsa-2.
+    wait_accepted(&node, &rotated, "rsa-2 after the background refresh").await;
+    node.stop().await;
+}
+
+/// A JWKS endpoint that never ends its body (chunked, no length), counting
+/// the bytes it managed to hand over.
+async fn endless_jwks() -> (String, Arc<AtomicUsize>) {
+    use axum::body::{Body, Bytes};
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let app = Router::new().route(
+        "/certs",
+        get(move || {
+            let counter = counter.clone();
+            async move {
+                let head = futures::stream::once(async {
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"{\"keys\":["))
+                });
+                let padding = futures::stream::unfold(counter, |counter| async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+                    counter.fetch_add(chunk.len(), Ordering::SeqCst);
+                    Some((Ok(chunk), counter))
+                });
+                Body::from_stream(futures::StreamExt::chain(head, padding))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/certs"), sent)
+}
+
+/// The JWKS body is bounded while it is read: an endless (or huge) answer
+/// is cut off past the cap instead of being buffered until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwks_body_is_capped_while_reading() {
+    let (url, sent) = endless_jwks().await;
+    let mut config = test_config().await;
+    config.auth.jwks_url = Some(url);
+    let node = TestNode::start(config).await;
+    let token = rs256(RSA_A, "rsa-1", &claims(&node, &["payment:write"]));
+    assert_problem(post(&node, &token).await, 401, "no usable key set");
+    // Whatever fetch ran has had time to read far past any cap by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = sent.load(Ordering::SeqCst);
+    assert!(
+        read < 1024 * 1024,
+        "the node read {read} bytes of an endless JWKS body"
+    );
+    node.stop().await;
+}
+
+/// `exp - iat` is capped (`auth.max_token_lifetime_secs`); a token without
+/// `iat` cannot show its lifetime and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_lifetime_is_capped() {
+    let mut config = test_config().await;
+    config.auth.max_token_lifetime_secs = 7_200;
+    let node = TestNode::start(config).await;
+    let secret = node.config.auth.hs256_key().unwrap().as_bytes().to_vec();
+    let hs256 = |claims: &Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap()
+    };
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut lifetime = claims(&node, &["payment:write"]);
+    lifetime["exp"] = json!(now + 3_600);
+    assert_eq!(post(&node, &hs256(&lifetime)).await.0, 202, "1 h token");
+    lifetime["exp"] = json!(now + 3 * 3_600);
+    assert_problem(
+        post(&node, &hs256(&lifetime)).await,
+        401,
+        "3 h token, cap 2 h",
+    );
+    lifetime["exp"] = json!(now + 30 * 24 * 3_600);
+    assert_problem(post(&node, &hs256(&lifetime)).await, 401, "30 day token");
+    lifetime["exp"] = json!(now + 300);
+    lifetime.as_object_mut().unwrap().remove("iat");
+    assert_problem(
+        post(&node, &hs256(&lifetime)).await,
+        401,
+        "token without iat",
     );
     node.stop().await;
 }

@@ -4,9 +4,13 @@
 //! - RS256/ES256 (and the other RSA/EC algorithms) signed by a key of the
 //!   identity provider's JWKS (`auth.jwks_url`). The algorithm is taken from
 //!   the key (`kty`, `crv`, `alg`), never from the token: a token whose header
-//!   disagrees with its key is refused. Keys are cached, re-fetched when
-//!   older than `auth.jwks_refresh_secs` and when a token names an unknown
-//!   `kid` (at most once per `auth.jwks_min_refresh_secs`).
+//!   disagrees with its key is refused. Keys are fetched once at start and
+//!   cached; a stale set (older than `auth.jwks_refresh_secs`) or a token
+//!   naming an unknown `kid` starts a refresh **in the background** (at most
+//!   one per `auth.jwks_min_refresh_secs`, one at a time). No request ever
+//!   waits for the identity provider: an unknown `kid` is refused at once and
+//!   works once the refresh has landed. The body is read up to
+//!   [`MAX_JWKS_BYTES`] and the fetch given up past it.
 //! - HS256 with the shared `auth.hs256_secret` for locally minted tokens
 //!   (`paynode token`), when HS256 is enabled (by default only without a
 //!   JWKS; beside one, HS256 tokens carry their own `auth.hs256_issuer`).
@@ -14,13 +18,14 @@
 //!   public key is refused.
 //!
 //! Issuer, audience, expiry (with `auth.leeway_secs`) and `nbf` are always
-//! checked. Roles come from `roles` or Keycloak's `realm_access.roles`.
+//! checked, and the lifetime `exp - iat` must be at most
+//! `auth.max_token_lifetime_secs` (a token without `iat` is refused). Roles come from `roles` or Keycloak's `realm_access.roles`.
 //!
 //! A 401 says only which check failed: the library's reason and the token's
 //! own header fields (an attacker's `kid`) are logged, never echoed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -66,14 +71,18 @@ pub struct RealmAccess {
 #[derive(Debug, Deserialize)]
 struct VerifiedClaims {
     sub: String,
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     roles: Vec<String>,
     #[serde(default)]
     realm_access: Option<RealmAccess>,
 }
 
-/// Upper bound on a JWKS document.
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Upper bound on a JWKS document, enforced while reading. Real key sets
+/// are a few KiB (Keycloak's with a dozen keys is under 20 KiB).
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 /// A verification key from the JWKS with the one algorithm it may verify.
 #[derive(Clone)]
@@ -92,6 +101,8 @@ struct KeyCache {
     fetched_at: Option<Instant>,
     /// Last fetch attempt, successful or not (rate limit).
     attempted_at: Option<Instant>,
+    /// A fetch is running (one at a time).
+    fetching: bool,
 }
 
 struct Jwks {
@@ -100,18 +111,17 @@ struct Jwks {
     refresh_after: Duration,
     min_interval: Duration,
     cache: RwLock<KeyCache>,
-    /// Single flight: one fetch at a time; waiters re-check the cache.
-    fetching: tokio::sync::Mutex<()>,
 }
 
 pub struct Authenticator {
     /// `None` when HS256 is off or no secret is configured.
     hs256_key: Option<DecodingKey>,
     hs256_issuer: String,
-    jwks: Option<Jwks>,
+    jwks: Option<Arc<Jwks>>,
     issuer: String,
     audience: String,
     leeway: u64,
+    max_lifetime_secs: u64,
 }
 
 impl Authenticator {
@@ -120,16 +130,17 @@ impl Authenticator {
             .hs256_key()
             .filter(|secret| config.hs256_enabled() && !secret.is_empty())
             .map(|secret| DecodingKey::from_secret(secret.as_bytes()));
-        let jwks = config.jwks_url.as_ref().map(|url| Jwks {
-            url: url.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
-            refresh_after: Duration::from_secs(config.jwks_refresh_secs.max(1)),
-            min_interval: Duration::from_secs(config.jwks_min_refresh_secs),
-            cache: RwLock::new(KeyCache::default()),
-            fetching: tokio::sync::Mutex::new(()),
+        let jwks = config.jwks_url.as_ref().map(|url| {
+            Arc::new(Jwks {
+                url: url.clone(),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap_or_default(),
+                refresh_after: Duration::from_secs(config.jwks_refresh_secs.max(1)),
+                min_interval: Duration::from_secs(config.jwks_min_refresh_secs),
+                cache: RwLock::new(KeyCache::default()),
+            })
         });
         Authenticator {
             hs256_key,
@@ -138,6 +149,17 @@ impl Authenticator {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway_secs,
+            max_lifetime_secs: config.max_token_lifetime_secs,
+        }
+    }
+
+    /// Loads the key set once before the node serves (nothing waits on it
+    /// yet). A failure is logged; tokens are refused until a refresh works.
+    pub async fn warm_up(&self) {
+        if let Some(jwks) = &self.jwks {
+            if jwks.claim_fetch() {
+                jwks.fetch_and_store().await;
+            }
         }
     }
 
@@ -174,7 +196,7 @@ impl Authenticator {
                 .jwks
                 .as_ref()
                 .ok_or_else(|| refuse("only HS256 tokens are accepted", "no JWKS"))?;
-            let found = jwks.key_for(header.kid.as_deref()).await?;
+            let found = jwks.key_for(header.kid.as_deref())?;
             if found.algorithm != header.alg {
                 return Err(refuse(
                     "token algorithm does not match its key",
@@ -186,6 +208,7 @@ impl Authenticator {
         let data = decode::<VerifiedClaims>(token, &key, &self.validation(algorithm))
             .map_err(|e| refuse("invalid token", e))?;
         let claims = data.claims;
+        self.check_lifetime(&claims)?;
         let mut roles: HashSet<String> = claims.roles.into_iter().collect();
         if let Some(realm) = claims.realm_access {
             roles.extend(realm.roles);
@@ -197,10 +220,28 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// `exp - iat` within `auth.max_token_lifetime_secs`: a token minted to
+    /// live for a year is refused even while its `exp` is in the future.
+    fn check_lifetime(&self, claims: &VerifiedClaims) -> Result<(), ApiError> {
+        let Some(iat) = claims.iat else {
+            return Err(refuse("token has no iat", "no iat"));
+        };
+        let lifetime = claims.exp.saturating_sub(iat);
+        if lifetime > self.max_lifetime_secs {
+            return Err(refuse(
+                "token lifetime too long",
+                format_args!("exp - iat = {lifetime} s, cap {} s", self.max_lifetime_secs),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Jwks {
-    /// The key a token names, fetching the set when it is missing, unknown
-    /// or stale (rate-limited).
-    async fn key_for(&self, kid: Option<&str>) -> Result<JwksKey, ApiError> {
+    /// The key a token names, from the cache only. An unknown kid or a stale
+    /// set starts a background refresh; the request never waits for it.
+    fn key_for(self: &Arc<Self>, kid: Option<&str>) -> Result<JwksKey, ApiError> {
         let (found, stale) = {
             let cache = self.cache.read().expect("jwks cache lock");
             let stale = cache
@@ -208,35 +249,49 @@ impl Jwks {
                 .is_none_or(|at| at.elapsed() >= self.refresh_after);
             (cache.lookup(kid), stale)
         };
-        if let (Some(key), false) = (&found, stale) {
-            return Ok(key.clone());
+        if found.is_none() || stale {
+            self.refresh_in_background();
         }
-        // Unknown kid or stale set: try a refresh; a failed refresh keeps
-        // serving the keys already known.
-        self.refresh().await;
-        let cache = self.cache.read().expect("jwks cache lock");
-        cache.lookup(kid).ok_or_else(|| match kid {
+        found.ok_or_else(|| match kid {
             Some(kid) => refuse("unknown signing key", format_args!("kid {kid:?}")),
             None => refuse("token has no kid", "no kid"),
         })
     }
 
-    async fn refresh(&self) {
-        let _flight = self.fetching.lock().await;
-        {
-            let mut cache = self.cache.write().expect("jwks cache lock");
-            if cache
-                .attempted_at
-                .is_some_and(|at| at.elapsed() < self.min_interval)
-            {
-                return;
-            }
-            cache.attempted_at = Some(Instant::now());
+    /// Starts a fetch unless one runs or the rate limit forbids it.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if !self.claim_fetch() {
+            return;
         }
-        match self.fetch().await {
+        let jwks = self.clone();
+        tokio::spawn(async move { jwks.fetch_and_store().await });
+    }
+
+    /// Takes the right to fetch: none running, and the last attempt at
+    /// least `jwks_min_refresh_secs` ago, so bogus kids cannot hammer the
+    /// identity provider.
+    fn claim_fetch(&self) -> bool {
+        let mut cache = self.cache.write().expect("jwks cache lock");
+        let too_soon = cache
+            .attempted_at
+            .is_some_and(|at| at.elapsed() < self.min_interval);
+        if cache.fetching || too_soon {
+            return false;
+        }
+        cache.fetching = true;
+        cache.attempted_at = Some(Instant::now());
+        true
+    }
+
+    /// Fetches the set and replaces the cache; a failed fetch keeps serving
+    /// the keys already known.
+    async fn fetch_and_store(&self) {
+        let fetched = self.fetch().await;
+        let mut cache = self.cache.write().expect("jwks cache lock");
+        cache.fetching = false;
+        match fetched {
             Ok((by_kid, anonymous)) => {
                 tracing::info!(url = %self.url, keys = by_kid.len() + anonymous.len(), "JWKS loaded");
-                let mut cache = self.cache.write().expect("jwks cache lock");
                 cache.by_kid = by_kid;
                 cache.anonymous = anonymous;
                 cache.fetched_at = Some(Instant::now());
@@ -247,16 +302,7 @@ impl Jwks {
 
     async fn fetch(&self) -> anyhow::Result<(HashMap<String, JwksKey>, Vec<JwksKey>)> {
         let response = self.http.get(&self.url).send().await?.error_for_status()?;
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            anyhow::bail!("JWKS larger than {MAX_JWKS_BYTES} bytes");
-        }
-        let body = response.bytes().await?;
-        if body.len() > MAX_JWKS_BYTES {
-            anyhow::bail!("JWKS larger than {MAX_JWKS_BYTES} bytes");
-        }
+        let body = read_capped(response, MAX_JWKS_BYTES).await?;
         #[derive(Deserialize)]
         struct RawSet {
             keys: Vec<serde_json::Value>,
@@ -282,6 +328,23 @@ impl Jwks {
         }
         Ok((by_kid, anonymous))
     }
+}
+
+/// The body, read chunk by chunk and given up as soon as it passes `cap`
+/// (a declared length past it is refused before reading), so an endless or
+/// huge answer costs at most `cap` bytes of memory.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> anyhow::Result<Vec<u8>> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        anyhow::bail!("JWKS larger than {cap} bytes");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            anyhow::bail!("JWKS larger than {cap} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl KeyCache {
@@ -352,6 +415,12 @@ pub fn mint(
     let Some(secret) = config.hs256_key() else {
         anyhow::bail!("no HS256 secret: set auth.hs256_secret, or use --dev for the dev secret");
     };
+    if ttl_secs > config.max_token_lifetime_secs {
+        anyhow::bail!(
+            "a token may live at most auth.max_token_lifetime_secs = {} s",
+            config.max_token_lifetime_secs
+        );
+    }
     let now = jsonwebtoken::get_current_timestamp();
     let claims = Claims {
         sub: subject.to_string(),

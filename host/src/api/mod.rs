@@ -1,5 +1,7 @@
 //! The HTTP API: `fn app(state) -> Router`, kept apart from `main` so tests
-//! can call it without a socket.
+//! can call it without a socket, and `fn ops_app(state)` for the operations
+//! listener (`ops.listen`): `/metrics` and the detailed readiness, which a
+//! public listener then no longer serves.
 
 pub mod admin;
 pub mod auth;
@@ -11,8 +13,8 @@ pub mod problem;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,13 +40,35 @@ pub struct AppState {
     pub intake: crate::intake::Intake,
 }
 
+/// What the operations endpoints need; a part of [`AppState`] too, so the
+/// public listener can serve them when there is no ops listener.
+#[derive(Clone)]
+pub struct OpsState {
+    pub pool: PgPool,
+    pub metrics: PrometheusHandle,
+    pub registry: Arc<Registry>,
+}
+
+impl FromRef<AppState> for OpsState {
+    fn from_ref(state: &AppState) -> OpsState {
+        OpsState {
+            pool: state.pool.clone(),
+            metrics: state.metrics.clone(),
+            registry: state.registry.clone(),
+        }
+    }
+}
+
 /// Component uploads (base64 wasm + fixtures) get a larger body limit.
 const MAX_UPLOAD_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit_bytes;
     let timeout = Duration::from_millis(state.config.http.request_timeout_ms);
-    Router::new()
+    // With an ops listener the public one keeps a readiness without details
+    // (what is down is for operators) and serves no metrics.
+    let ops_elsewhere = state.config.ops.listen.is_some();
+    let router = Router::new()
         .route("/api/v1/payments", post(payments::create))
         .route("/api/v1/payments/{id}", get(payments::get))
         .route(
@@ -70,9 +94,15 @@ pub fn app(state: AppState) -> Router {
             post(admin::resolve_review),
         )
         .route("/api-docs/openapi.json", get(openapi::serve))
-        .route("/metrics", get(metrics))
-        .route("/health/live", get(|| async { "ok" }))
-        .route("/health/ready", get(ready))
+        .route("/health/live", get(|| async { "ok" }));
+    let router = if ops_elsewhere {
+        router.route("/health/ready", get(ready_brief))
+    } else {
+        router
+            .route("/metrics", get(metrics))
+            .route("/health/ready", get(ready))
+    };
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn(track))
         // Enforced by the body extractors, so an oversized body is a 413 problem+json.
@@ -81,22 +111,50 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
+/// The operations listener: metrics and probes, nothing else.
+pub fn ops_app(state: OpsState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            deadline,
+        ))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<OpsState>) -> String {
     state.metrics.render()
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+/// Whether the database answers and every slot has a component.
+async fn readiness(state: &OpsState) -> (bool, bool) {
     let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
     let components = state.registry.snapshot().len() == 3;
-    if db && components {
-        "ready".into_response()
-    } else {
-        ApiError::new(
+    (db, components)
+}
+
+async fn ready(State(state): State<OpsState>) -> Response {
+    match readiness(&state).await {
+        (true, true) => "ready".into_response(),
+        (db, components) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-ready",
             format!("database: {db}, components loaded: {components}"),
         )
-        .into_response()
+        .into_response(),
+    }
+}
+
+/// Readiness on the public listener when an ops listener has the details.
+async fn ready_brief(State(state): State<OpsState>) -> Response {
+    match readiness(&state).await {
+        (true, true) => "ready".into_response(),
+        _ => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "not ready").into_response()
+        }
     }
 }
 
@@ -118,17 +176,46 @@ async fn deadline(State(timeout): State<Duration>, request: Request, next: Next)
     }
 }
 
-/// Request metrics by matched route (never by raw path: ids would explode
-/// the label set).
+/// Request metrics by route template (never the raw path: ids would
+/// explode the label set, and a client could mint series at will) and by a
+/// closed set of methods.
 async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    crate::metrics::http_request(&route, &method, response.status().as_u16(), started);
+    crate::metrics::http_request(&route, method, response.status().as_u16(), started);
     response
+}
+
+/// The method as a label: the standard ones by name, anything a client
+/// invents (methods are free-form tokens) as "other".
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_are_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::TRACE), "other");
+        let invented = Method::from_bytes(b"X-ATTACKER-123").unwrap();
+        assert_eq!(method_label(&invented), "other");
+    }
 }

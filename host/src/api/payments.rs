@@ -252,11 +252,24 @@ pub async fn create(
                 .with_trace(&trace_id)
         })?
         .to_string();
-    validate(&body, &state.config.http).map_err(|e| e.with_trace(&trace_id))?;
-    let payment = prepare(&principal.subject, key, &trace_id, body);
+    let payment = build_payment(&state.config.http, &principal.subject, key, &trace_id, body)
+        .map_err(|e| e.with_trace(&trace_id))?;
     let (payment_id, order_id) = (payment.payment_id, payment.order_id.clone());
     let outcome = state.intake.submit(payment).await;
     answer(outcome, payment_id, &order_id).map_err(|e| e.with_trace(&trace_id))
+}
+
+/// Validates a request body and builds its rows: what intake does with a
+/// body before the database (also the fuzz target `intake_validation`).
+pub fn build_payment(
+    limits: &HttpConfig,
+    client_id: &str,
+    key: String,
+    trace_id: &str,
+    body: CreatePayment,
+) -> Result<NewPayment, ApiError> {
+    validate(&body, limits)?;
+    Ok(prepare(client_id, key, trace_id, body))
 }
 
 /// Every row of the payment, built in the handler: the group's writer only

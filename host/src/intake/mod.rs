@@ -18,6 +18,10 @@
 //! - **Key already stored**: same body → the stored response, replayed;
 //!   different body → 422. Read after the lock, so a committed first request
 //!   is always seen.
+//! - **Key expired** (older than `intake.idempotency_retention_secs`, default
+//!   24 h): forgotten, the request is a new one. What stops a late retry from
+//!   paying twice is then the `(client, orderId)` rule below (409), which
+//!   never expires; [`retention`] purges expired keys in bounded batches.
 //! - **(client, orderId) taken**, by an earlier payment or an earlier request
 //!   of the same group: `ON CONFLICT DO NOTHING RETURNING` tells the winners;
 //!   the others get 409 and write nothing.
@@ -42,6 +46,7 @@
 //!   lost any other way (a writer panicked) is a 503 in the handler.
 
 mod in_flight;
+pub mod retention;
 mod writer;
 
 use std::sync::Arc;
@@ -88,6 +93,8 @@ struct Settings {
     max_wait: Duration,
     timeout: Duration,
     hold: Duration,
+    /// Idempotency keys older than this are expired.
+    retention_secs: u64,
 }
 
 impl Intake {
@@ -102,6 +109,7 @@ impl Intake {
             max_wait: Duration::from_micros(intake.group_max_wait_us),
             timeout: Duration::from_millis(intake.group_timeout_ms),
             hold: Duration::from_millis(config.failpoints.intake_hold_ms),
+            retention_secs: intake.idempotency_retention_secs,
         };
         for _ in 0..intake.writers {
             let (receiver, pool, settings) = (receiver.clone(), pool.clone(), settings.clone());

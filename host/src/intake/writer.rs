@@ -158,7 +158,7 @@ async fn write(
             )
         })
         .collect();
-    let mut stored = store::stored_responses(conn, &keys).await?;
+    let mut stored = store::stored_responses(conn, &keys, settings.retention_secs).await?;
     let triaged: Vec<Option<Verdict>> = group
         .iter()
         .enumerate()
@@ -173,7 +173,7 @@ async fn write(
         .filter(|(_, verdict)| verdict.is_none())
         .map(|(q, _)| &q.payment)
         .collect();
-    let inserted = insert(conn, &fresh).await?;
+    let inserted = insert(conn, &fresh, settings.retention_secs).await?;
     Ok(group
         .iter()
         .zip(triaged)
@@ -189,7 +189,11 @@ async fn write(
 
 /// Payments first (who wins each orderId), then the winners' orders, outbox
 /// rows and idempotency records. Returns the winners' payment ids.
-async fn insert(conn: &mut PgConnection, fresh: &[&NewPayment]) -> sqlx::Result<HashSet<Uuid>> {
+async fn insert(
+    conn: &mut PgConnection,
+    fresh: &[&NewPayment],
+    retention_secs: u64,
+) -> sqlx::Result<HashSet<Uuid>> {
     if fresh.is_empty() {
         return Ok(HashSet::new());
     }
@@ -201,7 +205,7 @@ async fn insert(conn: &mut PgConnection, fresh: &[&NewPayment]) -> sqlx::Result<
         .collect();
     if !winners.is_empty() {
         store::insert_orders_and_events(conn, &winners, topic::PAYMENT_ORDER_CREATED).await?;
-        store::insert_responses(conn, &winners).await?;
+        store::insert_responses(conn, &winners, retention_secs).await?;
     }
     Ok(inserted)
 }

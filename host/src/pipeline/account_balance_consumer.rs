@@ -25,7 +25,12 @@ pub struct AccountBalanceConsumer {
 
 impl AccountBalanceConsumer {
     pub fn new(ctx: PipelineContext) -> Self {
-        let cache = BalanceCache::new(ctx.redis.clone(), &ctx.names);
+        let cache = BalanceCache::new(
+            ctx.redis.clone(),
+            &ctx.names,
+            ctx.pool.clone(),
+            &ctx.config.redis,
+        );
         AccountBalanceConsumer { ctx, cache }
     }
 }

@@ -67,20 +67,25 @@ pub async fn try_lock_keys(conn: &mut PgConnection, lock_ids: &[i64]) -> sqlx::R
     Ok(rows.into_iter().map(|(_, locked)| locked).collect())
 }
 
-/// Stored responses of `(client, key)` pairs, by index into `keys`.
+/// Stored responses of `(client, key)` pairs, by index into `keys`; keys
+/// older than `retention_secs` are expired and not returned (their request
+/// is a new one), whether or not the purge has deleted them yet.
 pub async fn stored_responses(
     conn: &mut PgConnection,
     keys: &[(&str, &str)],
+    retention_secs: u64,
 ) -> sqlx::Result<HashMap<usize, StoredResponse>> {
     let clients: Vec<&str> = keys.iter().map(|(c, _)| *c).collect();
     let idempotency_keys: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
     let rows: Vec<(i64, String, i32, Value)> = sqlx::query_as(
         "SELECT t.n, i.request_sha256, i.response_status, i.response_body
          FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(client_id, key, n)
-         JOIN idempotency_keys i ON i.client_id = t.client_id AND i.idempotency_key = t.key",
+         JOIN idempotency_keys i ON i.client_id = t.client_id AND i.idempotency_key = t.key
+         WHERE i.created_at > now() - $3::bigint * interval '1 second'",
     )
     .bind(&clients)
     .bind(&idempotency_keys)
+    .bind(retention_secs as i64)
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -166,23 +171,67 @@ pub async fn insert_orders_and_events(
 }
 
 /// The idempotency record (request hash + 202 response) of every payment.
+/// An expired record of the same key not purged yet is replaced; an
+/// unexpired one cannot be there (the key's lock is held and its stored
+/// response was read first), and if it were, the group fails rather than
+/// leave a payment without its record.
 pub async fn insert_responses(
     conn: &mut PgConnection,
     payments: &[&NewPayment],
+    retention_secs: u64,
 ) -> sqlx::Result<()> {
     let column = |f: fn(&NewPayment) -> &str| payments.iter().map(|p| f(p)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = payments.iter().map(|p| p.payment_id).collect();
-    sqlx::query(
+    let written = sqlx::query(
         "INSERT INTO idempotency_keys (client_id, idempotency_key, request_sha256, payment_id, response_status, response_body)
          SELECT client_id, key, sha, id, 202, body::jsonb
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[]) AS t(client_id, key, sha, id, body)",
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[]) AS t(client_id, key, sha, id, body)
+         ON CONFLICT (client_id, idempotency_key) DO UPDATE
+         SET request_sha256 = EXCLUDED.request_sha256, payment_id = EXCLUDED.payment_id,
+             response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,
+             created_at = now()
+         WHERE idempotency_keys.created_at <= now() - $6::bigint * interval '1 second'",
     )
     .bind(column(|p| &p.client_id))
     .bind(column(|p| &p.idempotency_key))
     .bind(column(|p| &p.request_sha256))
     .bind(&ids)
     .bind(column(|p| &p.response_json))
+    .bind(retention_secs as i64)
     .execute(conn)
-    .await?;
+    .await?
+    .rows_affected();
+    if written != payments.len() as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "{written} idempotency records written for {} payments: an unexpired key was overwritten?",
+            payments.len()
+        )));
+    }
     Ok(())
+}
+
+/// Deletes up to `batch` idempotency keys older than `retention_secs`;
+/// returns how many. Rows another purge holds are skipped, not waited for.
+pub async fn purge_expired_keys(
+    pool: &sqlx::PgPool,
+    retention_secs: u64,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let deleted = sqlx::query(
+        "WITH expired AS (
+             SELECT client_id, idempotency_key FROM idempotency_keys
+             WHERE created_at <= now() - $1::bigint * interval '1 second'
+             ORDER BY created_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         DELETE FROM idempotency_keys i USING expired e
+         WHERE i.client_id = e.client_id AND i.idempotency_key = e.idempotency_key",
+    )
+    .bind(retention_secs as i64)
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(deleted)
 }

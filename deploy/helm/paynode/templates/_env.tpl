@@ -5,6 +5,8 @@ PAYNODE_<SECTION>__<KEY> (figment lower-cases and splits on "__").
 {{- define "paynode.env" -}}
 - name: PAYNODE_HTTP__LISTEN
   value: {{ printf "0.0.0.0:%v" (int .Values.httpPort) | quote }}
+- name: PAYNODE_OPS__LISTEN
+  value: {{ printf "0.0.0.0:%v" (int .Values.opsPort) | quote }}
 - name: PAYNODE_DATABASE__URL
   valueFrom:
     secretKeyRef:
