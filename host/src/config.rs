@@ -26,6 +26,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub ledger: LedgerConfig,
     pub components: ComponentsConfig,
+    pub plugins: PluginsConfig,
     /// Values the host substitutes for `{{secret:NAME}}` placeholders in
     /// adapter HTTP headers. Never logged, never given to a guest.
     #[serde(skip_serializing)]
@@ -555,6 +556,15 @@ impl Default for ComponentsConfig {
             },
         }
     }
+}
+
+/// Rules for changing the registry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Four eyes: an activation must be made by someone other than the
+    /// uploader of the version (the token's subject; `--actor` for the CLI).
+    pub require_approval: bool,
 }
 
 /// Host-side policy of one component slot. Guests see only `config`.
