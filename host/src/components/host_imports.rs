@@ -369,6 +369,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_memory_cap_counts_every_memory_of_the_store() {
+        let mut limiter = MemoryLimiter::new(32 << 20);
+        // Two memories created at 12 MiB each: 24 MiB in all.
+        assert!(limiter.memory_growing(0, 12 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 12 << 20, None).unwrap());
+        // Growing one to 24 MiB would make 36 MiB in all: refused,
+        // although 24 MiB alone is under the cap.
+        assert!(limiter.memory_growing(12 << 20, 24 << 20, None).is_err());
+        assert!(limiter.hit);
+        assert!(limiter.memory_growing(12 << 20, 16 << 20, None).unwrap());
+        assert_eq!(limiter.total_bytes, 28 << 20);
+        assert_eq!(limiter.peak_bytes, 28 << 20);
+    }
+
+    #[test]
     fn secrets_are_injected_and_unknown_ones_refused() {
         let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".into())]);
         assert_eq!(
