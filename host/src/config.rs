@@ -28,6 +28,7 @@ pub struct Config {
     pub components: ComponentsConfig,
     pub ops: OpsConfig,
     pub security: SecurityConfig,
+    pub plugins: PluginsConfig,
     /// Values the host substitutes for `{{secret:NAME}}` placeholders in
     /// adapter HTTP headers. Never logged, never given to a guest.
     #[serde(skip_serializing)]
@@ -585,6 +586,15 @@ impl Default for ComponentsConfig {
             },
         }
     }
+}
+
+/// Rules for changing the registry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Four eyes: an activation must be made by someone other than the
+    /// uploader of the version (the token's subject; `--actor` for the CLI).
+    pub require_approval: bool,
 }
 
 /// Host-side policy of one component slot. Guests see only `config`.

@@ -382,3 +382,14 @@ pub async fn produce_event(brokers: &str, topic: &str, key: &str, event: &Value)
         .map_err(|(e, _)| e)
         .expect("produce");
 }
+pub mod hostile;
+
+/// The fixture files of a folder of the workspace (e.g.
+/// `psp-adapters/simulator/fixtures`), as `Registry::push` takes them.
+pub fn fixtures_of(dir: &str) -> Vec<paynode::components::harness::FixtureFile> {
+    paynode::cli::plugin::fixture_files(&workspace_root().join(dir))
+        .expect("fixtures parse")
+        .into_iter()
+        .map(|(_, file)| file)
+        .collect()
+}

@@ -31,6 +31,24 @@ async fn upload_activate_rollback_over_http() {
     )
     .unwrap();
 
+    // No fixtures: refused before anything is stored.
+    let refused = upload("psp-stripe", "psp-adapter", None).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("fixtures"),
+        "{problem}"
+    );
+    assert_eq!(
+        node.scalar("SELECT count(*) FROM plugins WHERE uploaded_by = 'test-client'")
+            .await,
+        0
+    );
+
     let stored = upload("psp-stripe", "psp-adapter", Some(fixtures.clone()))
         .await
         .unwrap();
@@ -73,6 +91,23 @@ async fn upload_activate_rollback_over_http() {
         .await
         .unwrap();
     assert_eq!(wrong_slot.status().as_u16(), 404);
+    // The bootstrap version was stored without fixtures: it cannot be
+    // activated by hand (a rollback may still return to it).
+    let bootstrap_sha = sha256_file(&component_path("psp-simulator"));
+    let refused = node
+        .http
+        .post(url("plugins/psp-adapter/activate"))
+        .bearer_auth(&admin)
+        .json(&json!({ "sha256": bootstrap_sha }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("fixtures"),
+        "{problem}"
+    );
     let config = json!({ "sha256": sha, "config": { "base-url": "http://127.0.0.1:9" } });
     let activated = node
         .http

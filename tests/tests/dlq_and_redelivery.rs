@@ -202,7 +202,7 @@ async fn poison_goes_to_its_dlq_parks_the_order_and_replay_completes_it() {
     let registry = node.node.registry.clone();
     let hostile = std::fs::read(component_path("hostile-loop")).unwrap();
     let row = registry
-        .push(Slot::PspAdapter, &hostile, None, "test")
+        .install(Slot::PspAdapter, &hostile, "test")
         .await
         .unwrap();
     plugins::activate(

@@ -83,7 +83,12 @@ async fn activation_and_rollback_reach_every_node_under_load() {
     let v2 = a
         .node
         .registry
-        .push(Slot::PspAdapter, &simulator_v2(), None, "test")
+        .push(
+            Slot::PspAdapter,
+            &simulator_v2(),
+            &fixtures_of("psp-adapters/simulator/fixtures"),
+            "test",
+        )
         .await
         .unwrap()
         .sha256;

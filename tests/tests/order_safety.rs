@@ -164,7 +164,12 @@ async fn a_parked_order_is_not_charged_or_repinned_by_a_queued_retry() {
     let row = node
         .node
         .registry
-        .push(Slot::PspAdapter, &template, None, "test")
+        .push(
+            Slot::PspAdapter,
+            &template,
+            &fixtures_of("plugins/template-psp-adapter/fixtures"),
+            "test",
+        )
         .await
         .unwrap();
     activate(&node, &row.sha256, json!({})).await;
@@ -208,7 +213,7 @@ async fn an_aborted_dead_letter_never_parks_its_order() {
     let row = node
         .node
         .registry
-        .push(Slot::PspAdapter, &hostile, None, "test")
+        .install(Slot::PspAdapter, &hostile, "test")
         .await
         .unwrap();
     activate(&node, &row.sha256, json!({})).await;
@@ -241,7 +246,7 @@ async fn a_trap_after_the_request_left_is_unknown_not_parked() {
     let row = node
         .node
         .registry
-        .push(Slot::PspAdapter, &hostile, None, "test")
+        .install(Slot::PspAdapter, &hostile, "test")
         .await
         .unwrap();
     activate(

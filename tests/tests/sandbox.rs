@@ -356,3 +356,165 @@ async fn harness_passes_reference_fixtures_and_fails_a_wrong_one_with_a_diff() {
         "{rendered}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_core_instances_or_bytes_are_refused_before_anything_runs() {
+    let runtime = Runtime::new(None).unwrap();
+    let result = runtime
+        .load(
+            Slot::RetryPolicy,
+            &paynode_tests::hostile::many_core_instances(64),
+        )
+        .await;
+    assert!(
+        matches!(&result, Err(PluginError::InvalidComponent(m)) if m.contains("core module instances")),
+        "{result:?}"
+    );
+    let huge = vec![0u8; 16 * 1024 * 1024 + 1];
+    let result = runtime.load(Slot::RetryPolicy, &huge).await;
+    assert!(
+        matches!(&result, Err(PluginError::InvalidComponent(m)) if m.contains("larger than")),
+        "{result:?}"
+    );
+}
+
+fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "paynode-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    assert!(!dir.exists());
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_component_is_never_cached_on_disk() {
+    let dir = fresh_dir("cache-refused");
+    let runtime = Runtime::new(Some(dir.clone())).unwrap();
+    let wrong = load(&runtime, Slot::PostingRules, "psp-simulator").await;
+    assert!(
+        matches!(wrong, Err(PluginError::InvalidComponent(_))),
+        "{wrong:?}"
+    );
+    assert_eq!(cache_files(&dir), Vec::<std::path::PathBuf>::new());
+    load(&runtime, Slot::PspAdapter, "psp-simulator")
+        .await
+        .unwrap();
+    assert_eq!(cache_files(&dir).len(), 1, "a trusted load is cached");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_others_can_write_is_never_used() {
+    use std::os::unix::fs::PermissionsExt;
+    // A directory group and others may write: nothing is written or read.
+    let shared = fresh_dir("cache-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let runtime = Runtime::new(Some(shared.clone())).unwrap();
+    load(&runtime, Slot::PspAdapter, "psp-simulator")
+        .await
+        .unwrap();
+    assert_eq!(cache_files(&shared), Vec::<std::path::PathBuf>::new());
+    std::fs::remove_dir_all(&shared).unwrap();
+
+    // A private directory holding a file others may write: the file is not
+    // loaded. Planted here: stripe's compiled code under the simulator's
+    // name; loading it would run stripe as the simulator.
+    let dir = fresh_dir("cache-planted");
+    let runtime = Runtime::new(Some(dir.clone())).unwrap();
+    load(&runtime, Slot::PspAdapter, "psp-stripe")
+        .await
+        .unwrap();
+    let stripe_file = cache_files(&dir).pop().expect("stripe cached");
+    let stripe_sha = paynode_tests::sha256_file(&component_path("psp-stripe"));
+    let simulator_sha = paynode_tests::sha256_file(&component_path("psp-simulator"));
+    let file_name = stripe_file.file_name().unwrap().to_str().unwrap();
+    let planted = dir.join(file_name.replace(&stripe_sha, &simulator_sha));
+    std::fs::copy(&stripe_file, &planted).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let runtime = Runtime::new(Some(dir.clone())).unwrap();
+    let loaded = load(&runtime, Slot::PspAdapter, "psp-simulator")
+        .await
+        .unwrap();
+    assert_eq!(loaded.name, "psp-simulator", "the planted file was loaded");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A fake Stripe that declines every charge, quoting the Authorization
+/// header it received (in its body and a header) and padding the message.
+async fn echoing_psp() -> SocketAddr {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/payment_intents",
+        post(|headers: HeaderMap| async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
+            let message = format!("declined for {auth} {}", "x".repeat(2_000));
+            let body = serde_json::json!({ "error": {
+                "type": "card_error", "code": "card_declined", "message": message } });
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                [("x-echo", auth)],
+                axum::Json(body),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_echoed_by_the_psp_never_reaches_the_outcome() {
+    let runtime = Runtime::new(None).unwrap();
+    let psp = echoing_psp().await;
+    let policy = http_policy(vec![format!("http://{psp}")], Arc::new(AtomicU64::new(0)));
+    let stripe = load(&runtime, Slot::PspAdapter, "psp-stripe")
+        .await
+        .unwrap();
+    let config = vec![("base-url".to_string(), format!("http://{psp}"))];
+    let (outcome, _) = runtime
+        .charge(
+            &stripe,
+            &env(&small_limits(), Some(policy)),
+            &config,
+            &charge_request(),
+        )
+        .await
+        .unwrap();
+    let adapter::Outcome::Declined(failure) = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(
+        !failure.message.contains("sk_test_secret"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("Bearer [redacted]"),
+        "{}",
+        failure.message
+    );
+    let cap = 512; // scrub::MAX_GUEST_TEXT_CHARS
+    assert!(
+        failure.message.chars().count() <= cap + 1,
+        "{} chars",
+        failure.message.chars().count()
+    );
+}

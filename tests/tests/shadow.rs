@@ -62,20 +62,31 @@ async fn pay_and_record(node: &TestNode, key: &str, sellers: &[(&str, i64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shadow_rules_are_compared_and_counted_never_applied() {
     let node = TestNode::start(test_config().await).await;
-    let push = |name: &'static str| {
+    // The template with its fixtures; the hostile rules (no fixtures to
+    // pass) stored the way the node stores its own files.
+    let push = |name: &'static str, fixtures: Option<&'static str>| {
         let registry = node.node.registry.clone();
         async move {
             let bytes = std::fs::read(component_path(name)).unwrap();
-            registry
-                .push(Slot::PostingRules, &bytes, None, "test")
-                .await
-                .unwrap()
-                .sha256
+            let stored = match fixtures {
+                Some(dir) => {
+                    let fixtures = fixtures_of(dir);
+                    registry
+                        .push(Slot::PostingRules, &bytes, &fixtures, "test")
+                        .await
+                }
+                None => registry.install(Slot::PostingRules, &bytes, "test").await,
+            };
+            stored.unwrap().sha256
         }
     };
     let active = node.node.registry.snapshot()["posting-rules"].0.clone();
-    let template = push("template-posting-rules").await;
-    let unbalanced = push("hostile-unbalanced").await;
+    let template = push(
+        "template-posting-rules",
+        Some("plugins/template-posting-rules/fixtures"),
+    )
+    .await;
+    let unbalanced = push("hostile-unbalanced", None).await;
 
     // Different valid rules: counted as changed, ledger untouched by them.
     set_shadow(&node, Some(&template)).await;

@@ -14,7 +14,7 @@ use super::auth::{role, Principal};
 use super::problem::{ApiError, Json, Problem};
 use super::AppState;
 use crate::components::harness::FixtureFile;
-use crate::components::registry::PushError;
+use crate::components::registry::{ActivateError, PushError};
 use crate::components::Slot;
 use crate::domain::events::FinalStatus;
 use crate::domain::payment::OrderStatus;
@@ -52,7 +52,9 @@ pub struct PushPlugin {
     pub slot: String,
     /// The component binary, base64.
     pub wasm_base64: String,
-    /// Fixtures the component must pass before it is stored.
+    /// Fixtures the component must pass before it is stored, with a case
+    /// for each export of the slot's world (required: an upload without
+    /// them is refused). Stored with it and re-run by every activation.
     #[schema(schema_with = fixture_file_schema)]
     pub fixtures: Option<FixtureFile>,
 }
@@ -97,7 +99,7 @@ fn fixture_file_schema() -> utoipa::openapi::Object {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .description(Some(
-            "Fixtures the component must pass before it is stored.",
+            "Fixtures the component must pass before it is stored, with a case for each export of the slot's world (required).",
         ))
         .property("slot", ObjectBuilder::new().schema_type(Type::String))
         .property("config", string_map())
@@ -115,12 +117,12 @@ fn parse_slot(text: &str) -> Result<Slot, ApiError> {
 }
 
 /// Upload a component version (validated: parses, implements the slot's
-/// world, imports nothing else, passes its fixtures).
+/// world, imports nothing else, has fixtures for each export and passes them).
 #[utoipa::path(post, path = "/api/v1/admin/plugins", tag = "admin", request_body = PushPlugin,
     responses((status = 201, description = "Stored (not yet active)", body = PluginRow),
         (status = 400, description = "Invalid JSON, unknown slot, or wasmBase64 is not base64", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The JSON does not match the request schema, or the component was refused", body = Problem, content_type = "application/problem+json")),
+        (status = 422, description = "The JSON does not match the request schema, fixtures are missing or fail, or the component was refused", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn push_plugin(
     State(state): State<AppState>,
@@ -132,13 +134,19 @@ pub async fn push_plugin(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(body.wasm_base64.as_bytes())
         .map_err(|_| ApiError::validation("wasmBase64 is not base64"))?;
+    let fixtures: Vec<FixtureFile> = body.fixtures.into_iter().collect();
     match state
         .registry
-        .push(slot, &bytes, body.fixtures.as_ref(), &principal.subject)
+        .push(slot, &bytes, &fixtures, &principal.subject)
         .await
     {
         Ok(row) => Ok((StatusCode::CREATED, axum::Json(row))),
         Err(PushError::Store(error)) => Err(ApiError::internal(error)),
+        Err(PushError::FixturesMissing(detail)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "fixtures-required",
+            detail,
+        )),
         Err(refused) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "component-refused",
@@ -158,14 +166,17 @@ pub struct ActivatePlugin {
     pub config: BTreeMap<String, String>,
 }
 
-/// Make a stored version the active one of its slot on every node.
+/// Make a stored version the active one of its slot on every node, once the
+/// fixtures stored with it pass again (with `plugins.require_approval`, only
+/// someone other than its uploader may).
 #[utoipa::path(post, path = "/api/v1/admin/plugins/{slot}/activate", tag = "admin", request_body = ActivatePlugin,
     params(("slot" = String, Path, pattern = "^(psp-adapter|retry-policy|posting-rules)$",
         description = "psp-adapter, retry-policy or posting-rules")),
     responses((status = 200, description = "Activated", body = Activation),
         (status = 400, description = "Invalid JSON, unknown slot, sha256 not 64 lower-case hex digits, or NUL in config", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing role ADMIN", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No stored version of this slot with that sha256", body = Problem, content_type = "application/problem+json")),
+        (status = 403, description = "Missing role ADMIN, or the uploader activating with plugins.require_approval on", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stored version of this slot with that sha256", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The version has no stored fixtures, or they fail now", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn activate_plugin(
     State(state): State<AppState>,
@@ -195,30 +206,29 @@ pub async fn activate_plugin(
     {
         return Err(ApiError::validation("config must not contain NUL"));
     }
-    let loaded = state
-        .registry
-        .by_sha(slot, &body.sha256)
-        .await
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
-    // The registry's in-memory cache answers by sha alone: without this a
-    // psp-adapter version could be activated into the retry-policy slot.
-    if loaded.slot != slot {
-        return Err(ApiError::not_found(format!(
-            "{} is a {} component",
-            body.sha256, loaded.slot
-        )));
-    }
     let config = serde_json::to_value(&body.config).expect("serializes");
-    let activation = plugins::activate(
-        &state.pool,
-        slot.as_str(),
-        &body.sha256,
-        &config,
-        "activate",
-        &principal.subject,
-    )
-    .await?;
+    let activation = state
+        .registry
+        .activate(slot, &body.sha256, &config, &principal.subject)
+        .await
+        .map_err(activate_error)?;
     Ok(axum::Json(activation))
+}
+
+fn activate_error(error: ActivateError) -> ApiError {
+    let refused = |kind: &'static str, detail: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, detail)
+    };
+    match error {
+        ActivateError::NotFound(detail) => ApiError::not_found(detail),
+        ActivateError::NeedsApproval(detail) => {
+            ApiError::new(StatusCode::FORBIDDEN, "approval-required", detail)
+        }
+        ActivateError::NoFixtures(_) => refused("no-fixtures", error.to_string()),
+        ActivateError::FixturesFailed(_) => refused("fixtures-failed", error.to_string()),
+        ActivateError::Refused(_) => refused("component-refused", error.to_string()),
+        ActivateError::Store(error) => ApiError::internal(error),
+    }
 }
 
 /// Re-activate the version that was active before the current one.

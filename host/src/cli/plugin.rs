@@ -28,13 +28,16 @@ pub enum PluginCommand {
         component: PathBuf,
         #[arg(long)]
         slot: String,
-        /// Fixtures it must pass before it is stored.
+        /// Fixtures (a file or a folder of *.json) it must pass before it is
+        /// stored, with a case for each export of the slot's world; stored
+        /// with it and re-run by every activation. Required.
         #[arg(long)]
         fixtures: Option<PathBuf>,
         #[arg(long, default_value = "cli")]
         actor: String,
     },
-    /// Activate a stored version on every node.
+    /// Activate a stored version on every node, once its stored fixtures
+    /// pass again.
     Activate {
         #[arg(long)]
         slot: String,
@@ -301,12 +304,12 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
                 pool,
                 std::sync::Arc::new(config.clone()),
             );
-            let fixture = match &fixtures {
-                Some(path) => fixture_files(path)?.into_iter().next().map(|(_, f)| f),
-                None => None,
+            let fixtures = match &fixtures {
+                Some(path) => fixture_files(path)?.into_iter().map(|(_, f)| f).collect(),
+                None => Vec::new(),
             };
             let row = registry
-                .push(slot(&slot_name)?, &bytes, fixture.as_ref(), &actor)
+                .push(slot(&slot_name)?, &bytes, &fixtures, &actor)
                 .await?;
             println!(
                 "stored {} {} ({}) sha256 {}",
@@ -320,17 +323,15 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
             actor,
         } => {
             let slot = slot(&slot_name)?;
-            ensure_stored(&pool, &sha256, slot).await?;
+            let registry = Registry::new(
+                Runtime::new(None)?,
+                pool,
+                std::sync::Arc::new(config.clone()),
+            );
             let map: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
-            let activation = plugins::activate(
-                &pool,
-                slot.as_str(),
-                &sha256,
-                &serde_json::to_value(map)?,
-                "activate",
-                &actor,
-            )
-            .await?;
+            let activation = registry
+                .activate(slot, &sha256, &serde_json::to_value(map)?, &actor)
+                .await?;
             println!(
                 "activated {} on {} (activation {})",
                 activation.sha256, activation.slot, activation.id

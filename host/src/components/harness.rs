@@ -231,6 +231,47 @@ impl Report {
     }
 }
 
+/// The calls of a slot's world that fixtures must cover: every export but
+/// `info`, which every load calls anyway.
+pub fn required_calls(slot: Slot) -> &'static [&'static str] {
+    match slot {
+        Slot::PspAdapter => &["charge", "status"],
+        Slot::RetryPolicy => &["decide"],
+        Slot::PostingRules => &["post"],
+    }
+}
+
+/// Refuses fixtures that are missing, meant for another slot, or leave an
+/// export of the slot's world without a case: a version goes live only with
+/// evidence of what each of its entry points does.
+pub fn check_coverage(slot: Slot, files: &[FixtureFile]) -> Result<(), String> {
+    let required = required_calls(slot);
+    if files.is_empty() {
+        return Err(format!(
+            "fixtures are required: at least one case for each of {}",
+            required.join(", ")
+        ));
+    }
+    if let Some(file) = files.iter().find(|f| f.slot != slot.as_str()) {
+        return Err(format!(
+            "fixtures are for {}, the component is pushed as a {slot}",
+            file.slot
+        ));
+    }
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|call| !files.iter().flat_map(|f| &f.cases).any(|c| c.call == *call))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "fixtures have no case for {}: every export of the {slot} world needs one",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Runs every case of `fixtures` against `loaded`.
 pub async fn run(
     runtime: &Runtime,
@@ -596,6 +637,43 @@ fn diff(expected: &Value, actual: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file(slot: &str, calls: &[&str]) -> FixtureFile {
+        FixtureFile {
+            slot: slot.into(),
+            config: BTreeMap::new(),
+            cases: calls
+                .iter()
+                .map(|call| Case {
+                    name: format!("{call} case"),
+                    call: call.to_string(),
+                    input: Value::Null,
+                    config: None,
+                    http: Vec::new(),
+                    expect: Value::Null,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fixtures_must_cover_every_export_of_the_world() {
+        let adapter = Slot::PspAdapter;
+        assert!(check_coverage(adapter, &[]).is_err());
+        let charge_only = check_coverage(adapter, &[file("psp-adapter", &["charge"])]);
+        assert!(charge_only.is_err_and(|e| e.contains("status")));
+        let split = [
+            file("psp-adapter", &["charge"]),
+            file("psp-adapter", &["status"]),
+        ];
+        assert_eq!(check_coverage(adapter, &split), Ok(()));
+        let other_slot = check_coverage(Slot::RetryPolicy, &[file("posting-rules", &["post"])]);
+        assert!(other_slot.is_err());
+        assert_eq!(
+            check_coverage(Slot::PostingRules, &[file("posting-rules", &["post"])]),
+            Ok(())
+        );
+    }
 
     #[test]
     fn wildcard_matching() {

@@ -12,6 +12,7 @@ use wasmtime::ResourceLimiter;
 
 use super::bindings::adapter::paynode::psp_adapter::{http, log, types};
 use super::egress::{self, AllowEntry};
+use super::scrub;
 
 /// Outbound HTTP policy of one adapter slot.
 #[derive(Clone)]
@@ -66,9 +67,26 @@ impl HostState {
     }
 }
 
-/// Refuses memory growth past the cap, and remembers the peak.
+/// Core instances one component may create in a store. A component made by
+/// `wit-component` has one to four (the guest module, shims, fixups); a
+/// component with hundreds would take a large share of the instance pool
+/// with every call. The pooling allocator enforces the same bound when the
+/// component is compiled (`runtime::MAX_CORE_INSTANCES_PER_COMPONENT`).
+pub const MAX_INSTANCES_PER_STORE: usize = 16;
+/// Linear memories and tables one store may create (across all instances).
+pub const MAX_MEMORIES_PER_STORE: usize = 4;
+pub const MAX_TABLES_PER_STORE: usize = 8;
+/// Elements one table may grow to (function tables of real guests hold a
+/// few hundred entries).
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Refuses memory growth past the cap, counted across every linear memory
+/// of the store (a component may define several, one per core instance),
+/// and remembers the peak of that total.
 pub struct MemoryLimiter {
     pub max_bytes: usize,
+    /// Bytes of all linear memories of the store now.
+    pub total_bytes: usize,
     pub peak_bytes: usize,
     pub hit: bool,
 }
@@ -77,6 +95,7 @@ impl MemoryLimiter {
     pub fn new(max_bytes: usize) -> Self {
         MemoryLimiter {
             max_bytes,
+            total_bytes: 0,
             peak_bytes: 0,
             hit: false,
         }
@@ -84,22 +103,29 @@ impl MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
+    /// Called with `current == 0` when a memory is created, so the total
+    /// covers initial sizes as well as growth.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self
+            .total_bytes
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.max_bytes {
             self.hit = true;
             // Trap rather than return -1: a guest allocator that ignores a
             // failed grow must not limp on.
             return Err(wasmtime::Error::msg(format!(
-                "memory limit of {} bytes reached (wanted {desired})",
+                "memory limit of {} bytes reached (all memories of the call would hold {total})",
                 self.max_bytes
             )));
         }
-        self.peak_bytes = self.peak_bytes.max(desired);
+        self.total_bytes = total;
+        self.peak_bytes = self.peak_bytes.max(total);
         Ok(true)
     }
 
@@ -109,7 +135,19 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES_PER_STORE
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES_PER_STORE
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES_PER_STORE
     }
 }
 
@@ -159,7 +197,12 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let message: String = message.chars().take(2_000).collect();
+        let no_secrets = BTreeMap::new();
+        let secrets = self
+            .http
+            .as_ref()
+            .map_or(&no_secrets, |p| p.secrets.as_ref());
+        let message = scrub::guest_text(&message, secrets);
         match level {
             log::Level::Debug => {
                 tracing::debug!(plugin = %self.plugin, traceId = %self.trace_id, "{message}")
@@ -280,10 +323,15 @@ async fn execute(
     }
     let response = builder.send().await.map_err(classify_send_error)?;
     let status = response.status().as_u16();
+    // A PSP that echoes an injected secret (an error quoting the
+    // Authorization header) must not hand it to the guest.
     let headers = response
         .headers()
         .iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .filter_map(|(name, value)| {
+            let value = scrub::text(value.to_str().ok()?, &policy.secrets);
+            Some((name.to_string(), value))
+        })
         .collect();
     let mut body = Vec::new();
     let mut response = response;
@@ -299,7 +347,7 @@ async fn execute(
     Ok(http::Response {
         status,
         headers,
-        body,
+        body: scrub::bytes(&body, &policy.secrets),
     })
 }
 
@@ -319,6 +367,21 @@ fn classify_send_error(error: reqwest::Error) -> http::HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_the_store() {
+        let mut limiter = MemoryLimiter::new(32 << 20);
+        // Two memories created at 12 MiB each: 24 MiB in all.
+        assert!(limiter.memory_growing(0, 12 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 12 << 20, None).unwrap());
+        // Growing one to 24 MiB would make 36 MiB in all: refused,
+        // although 24 MiB alone is under the cap.
+        assert!(limiter.memory_growing(12 << 20, 24 << 20, None).is_err());
+        assert!(limiter.hit);
+        assert!(limiter.memory_growing(12 << 20, 16 << 20, None).unwrap());
+        assert_eq!(limiter.total_bytes, 28 << 20);
+        assert_eq!(limiter.peak_bytes, 28 << 20);
+    }
 
     #[test]
     fn secrets_are_injected_and_unknown_ones_refused() {

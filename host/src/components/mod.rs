@@ -15,6 +15,7 @@ pub mod invariants;
 pub mod posting;
 pub mod registry;
 pub mod runtime;
+pub mod scrub;
 pub mod slot;
 
 pub use error::PluginError;

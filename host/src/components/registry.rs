@@ -15,6 +15,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::harness::{self, FixtureFile};
 use super::host_imports::HttpPolicy;
 use super::runtime::{sha256_hex, CallEnv, Limits};
 use super::{Loaded, PluginError, Runtime, Slot};
@@ -175,62 +176,176 @@ impl Registry {
 
     async fn load_bytes(&self, slot: Slot, bytes: &[u8]) -> Result<Arc<Loaded>, PluginError> {
         let loaded = Arc::new(self.runtime.load(slot, bytes).await?);
+        self.remember(&loaded);
+        Ok(loaded)
+    }
+
+    fn remember(&self, loaded: &Arc<Loaded>) {
         self.loaded
             .lock()
             .unwrap()
             .insert(loaded.sha256.clone(), loaded.clone());
-        Ok(loaded)
     }
 
-    /// Validates and stores a component. With fixtures, they must pass in the
-    /// harness first. Returns the stored version.
+    /// Validates and stores an uploaded component: fixtures covering every
+    /// export of the slot's world are required and must pass in the harness;
+    /// they are stored with it, for every activation to re-run. Nothing of a
+    /// refused version is kept (no cache file, no compiled copy in memory).
     pub async fn push(
         &self,
         slot: Slot,
         bytes: &[u8],
-        fixtures: Option<&super::harness::FixtureFile>,
+        fixtures: &[FixtureFile],
+        actor: &str,
+    ) -> Result<plugins::PluginRow, PushError> {
+        harness::check_coverage(slot, fixtures).map_err(PushError::FixturesMissing)?;
+        let loaded = self
+            .runtime
+            .load_candidate(slot, bytes)
+            .await
+            .map_err(PushError::Refused)?;
+        self.run_fixtures(&loaded, fixtures)
+            .await
+            .map_err(PushError::FixturesFailed)?;
+        let fixtures = serde_json::to_value(fixtures).expect("fixtures serialize");
+        self.store(loaded, bytes, Some(&fixtures), actor).await
+    }
+
+    /// Stores one of the node's own components (`components.dir`: the
+    /// bootstrap of an empty slot, the dev folder watch) without fixtures.
+    /// Such a version can be activated only by the node itself or a
+    /// rollback, never by `activate`, which needs stored fixtures.
+    pub async fn install(
+        &self,
+        slot: Slot,
+        bytes: &[u8],
         actor: &str,
     ) -> Result<plugins::PluginRow, PushError> {
         let loaded = self
-            .load_bytes(slot, bytes)
+            .runtime
+            .load_candidate(slot, bytes)
             .await
             .map_err(PushError::Refused)?;
-        if let Some(fixtures) = fixtures {
-            let report =
-                super::harness::run(&self.runtime, &loaded, fixtures, &self.env(slot, "harness"))
-                    .await;
-            if !report.passed() {
-                return Err(PushError::FixturesFailed(report.render()));
-            }
-        }
-        plugins::insert(
-            &self.pool,
-            &loaded.sha256,
-            slot.as_str(),
-            &loaded.name,
-            &loaded.version,
+        self.store(loaded, bytes, None, actor).await
+    }
+
+    async fn store(
+        &self,
+        loaded: Loaded,
+        bytes: &[u8],
+        fixtures: Option<&serde_json::Value>,
+        actor: &str,
+    ) -> Result<plugins::PluginRow, PushError> {
+        let plugin = plugins::NewPlugin {
+            sha256: &loaded.sha256,
+            slot: loaded.slot.as_str(),
+            name: &loaded.name,
+            version: &loaded.version,
             bytes,
-            actor,
-        )
-        .await
-        .map_err(|e| PushError::Store(e.into()))?;
-        plugins::audit(
-            &self.pool,
-            actor,
-            "push",
-            slot.as_str(),
-            &serde_json::json!({ "sha256": loaded.sha256, "name": loaded.name, "version": loaded.version }),
-        )
-        .await
-        .map_err(|e| PushError::Store(e.into()))?;
-        Ok(plugins::PluginRow {
+            fixtures,
+            uploaded_by: actor,
+        };
+        plugins::insert(&self.pool, &plugin)
+            .await
+            .map_err(|e| PushError::Store(e.into()))?;
+        let row = plugins::PluginRow {
             sha256: loaded.sha256.clone(),
-            slot: slot.as_str().into(),
+            slot: loaded.slot.as_str().into(),
             name: loaded.name.clone(),
             version: loaded.version.clone(),
             uploaded_by: actor.into(),
             uploaded_at: chrono::Utc::now(),
-        })
+        };
+        self.runtime.keep(&loaded);
+        self.remember(&Arc::new(loaded));
+        Ok(row)
+    }
+
+    /// Runs fixture files in the harness; Err holds the failed reports.
+    async fn run_fixtures(&self, loaded: &Loaded, files: &[FixtureFile]) -> Result<(), String> {
+        let env = self.env(loaded.slot, "harness");
+        let mut failed = String::new();
+        for file in files {
+            let report = harness::run(&self.runtime, loaded, file, &env).await;
+            if !report.passed() {
+                failed.push_str(&report.render());
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Activates a stored version on every node, after re-running the
+    /// fixtures stored with it against the stored bytes (under this node's
+    /// limits). With `plugins.require_approval` the activator must not be
+    /// the uploader.
+    pub async fn activate(
+        &self,
+        slot: Slot,
+        sha256: &str,
+        config: &serde_json::Value,
+        actor: &str,
+    ) -> Result<plugins::Activation, ActivateError> {
+        let store_error = |e: sqlx::Error| ActivateError::Store(e.into());
+        let gate = plugins::gate(&self.pool, sha256)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ActivateError::NotFound(format!("no stored component with sha256 {sha256}"))
+            })?;
+        if gate.slot != slot.as_str() {
+            return Err(ActivateError::NotFound(format!(
+                "{sha256} is a {} component",
+                gate.slot
+            )));
+        }
+        if self.config.plugins.require_approval && gate.uploaded_by == actor {
+            return Err(ActivateError::NeedsApproval(format!(
+                "{actor} uploaded {sha256}; plugins.require_approval needs someone else to activate it"
+            )));
+        }
+        let fixtures = stored_fixtures(slot, gate.fixtures).map_err(ActivateError::NoFixtures)?;
+        let loaded = self.checked(slot, sha256, &fixtures).await?;
+        let activation =
+            plugins::activate(&self.pool, slot.as_str(), sha256, config, "activate", actor)
+                .await
+                .map_err(store_error)?;
+        self.remember(&loaded);
+        Ok(activation)
+    }
+
+    /// The stored version, its fixtures passed now. A version not yet in
+    /// memory is kept (and cached on disk) only once they have.
+    async fn checked(
+        &self,
+        slot: Slot,
+        sha256: &str,
+        fixtures: &[FixtureFile],
+    ) -> Result<Arc<Loaded>, ActivateError> {
+        let cached = self.loaded.lock().unwrap().get(sha256).cloned();
+        let loaded = match cached {
+            Some(loaded) => loaded,
+            None => {
+                let (_, bytes) = plugins::bytes(&self.pool, sha256)
+                    .await
+                    .map_err(|e| ActivateError::Store(e.into()))?
+                    .ok_or_else(|| ActivateError::NotFound(format!("no component {sha256}")))?;
+                let loaded = self
+                    .runtime
+                    .load_candidate(slot, &bytes)
+                    .await
+                    .map_err(ActivateError::Refused)?;
+                Arc::new(loaded)
+            }
+        };
+        self.run_fixtures(&loaded, fixtures)
+            .await
+            .map_err(ActivateError::FixturesFailed)?;
+        self.runtime.keep(&loaded);
+        Ok(loaded)
     }
 
     /// Activates the default component of every empty slot from the
@@ -246,7 +361,7 @@ impl Registry {
             let bytes = std::fs::read(&path).with_context(|| {
                 format!("reading {} (run `cargo xtask components`)", path.display())
             })?;
-            self.push(slot, &bytes, None, "bootstrap")
+            self.install(slot, &bytes, "bootstrap")
                 .await
                 .map_err(|e| anyhow::anyhow!("{} : {e}", path.display()))?;
             let config = serde_json::to_value(&slot_config.config)?;
@@ -381,7 +496,7 @@ impl Registry {
                 continue;
             }
             tracing::info!(%slot, path = %path.display(), "component file changed; hot-reloading");
-            self.push(slot, &bytes, None, "watch")
+            self.install(slot, &bytes, "watch")
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let config = serde_json::to_value(&slot_config.config)?;
@@ -423,8 +538,45 @@ impl Registry {
     }
 }
 
+/// Fixtures stored with a version, required and covering its world.
+fn stored_fixtures(
+    slot: Slot,
+    stored: Option<serde_json::Value>,
+) -> Result<Vec<FixtureFile>, String> {
+    let stored = stored.ok_or_else(|| {
+        "stored without fixtures (by the node itself); push it again with fixtures to activate it"
+            .to_string()
+    })?;
+    let fixtures: Vec<FixtureFile> =
+        serde_json::from_value(stored).map_err(|e| format!("stored fixtures do not parse: {e}"))?;
+    harness::check_coverage(slot, &fixtures)?;
+    Ok(fixtures)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
+    /// No fixtures, or not one case for each export of the world.
+    #[error("{0}")]
+    FixturesMissing(String),
+    #[error("{0}")]
+    Refused(PluginError),
+    #[error("fixtures failed:\n{0}")]
+    FixturesFailed(String),
+    #[error("registry: {0}")]
+    Store(anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// No stored version with that sha in this slot.
+    #[error("{0}")]
+    NotFound(String),
+    /// Four-eyes rule: the uploader may not activate.
+    #[error("approval required: {0}")]
+    NeedsApproval(String),
+    /// Stored without fixtures, or with fixtures that no longer cover the world.
+    #[error("no fixtures to re-run: {0}")]
+    NoFixtures(String),
     #[error("{0}")]
     Refused(PluginError),
     #[error("fixtures failed:\n{0}")]

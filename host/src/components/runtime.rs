@@ -2,9 +2,8 @@
 //! fresh store with fuel, a memory cap and a wall-clock cap, and classifies
 //! every failure as a `PluginError`.
 
-use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,8 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use super::bindings::{adapter, policy, rules};
-use super::host_imports::{HostState, HttpPolicy};
-use super::{PluginError, Slot};
+use super::host_imports::{self, HostState, HttpPolicy};
+use super::{scrub, PluginError, Slot};
 
 /// Instances alive at once across all slots; past this a call waits.
 const MAX_CONCURRENT_INSTANCES: usize = 200;
@@ -24,6 +23,20 @@ pub const MAX_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// A guest yields to the async executor every this much fuel, so a
 /// CPU-bound call cannot starve other tasks and its wall-clock cap can fire.
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+/// Largest component binary accepted. Real components are 100 KiB to 3 MiB;
+/// compile time and memory grow with the size, and an upload is compiled
+/// before anything else is known about it.
+pub const MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
+/// Longest a compile may take before the upload is refused. Cranelift cannot
+/// be interrupted: the blocking thread finishes in the background, still
+/// holding its compile permit, so slow uploads cannot pile up threads.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Compiles at once: each takes a blocking thread and, with parallel
+/// compilation, every core, so more would only slow all of them.
+const MAX_CONCURRENT_COMPILES: usize = 2;
+/// See [`host_imports::MAX_INSTANCES_PER_STORE`]; the pooling allocator
+/// refuses a component past it when it is compiled.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = host_imports::MAX_INSTANCES_PER_STORE as u32;
 
 /// Per-call limits, taken from the slot's host policy.
 #[derive(Clone, Debug)]
@@ -93,6 +106,8 @@ pub struct Loaded {
     pub version: String,
     pub size_bytes: usize,
     pre: Pre,
+    /// Kept to write the on-disk cache once the version is trusted.
+    component: Component,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -110,9 +125,11 @@ pub struct Runtime {
     engine: Engine,
     adapter_linker: Linker<HostState>,
     plain_linker: Linker<HostState>,
+    /// None when not configured or not safe to use (see [`usable_cache_dir`]).
     cache_dir: Option<PathBuf>,
     engine_tag: String,
     permits: Arc<Semaphore>,
+    compile_permits: Arc<Semaphore>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -128,8 +145,10 @@ impl Runtime {
         pool.total_tables(4 * MAX_CONCURRENT_INSTANCES as u32);
         pool.total_stacks(MAX_CONCURRENT_INSTANCES as u32 + 16);
         pool.max_memory_size(MAX_MEMORY_BYTES);
-        pool.max_memories_per_component(4);
-        pool.max_tables_per_component(8);
+        pool.max_memories_per_component(host_imports::MAX_MEMORIES_PER_STORE as u32);
+        pool.max_tables_per_component(host_imports::MAX_TABLES_PER_STORE as u32);
+        pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
+        pool.table_elements(host_imports::MAX_TABLE_ELEMENTS);
         // Keep the first pages of a freed slot resident (zeroed in place)
         // instead of returning them to the OS: the next call then takes no
         // page faults there. Measured in the component_call bench: ~20 µs →
@@ -156,49 +175,40 @@ impl Runtime {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let plain_linker = Linker::new(&engine);
 
-        let mut hasher = DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_tag = format!("{:016x}", hasher.finish());
-        if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)?;
-        }
         Ok(Arc::new(Runtime {
+            engine_tag: engine_tag(&engine),
             engine,
             adapter_linker,
             plain_linker,
-            cache_dir,
-            engine_tag,
+            cache_dir: cache_dir.and_then(|dir| usable_cache_dir(&dir)),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES)),
+            compile_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_COMPILES)),
         }))
+    }
+
+    /// [`Runtime::load_candidate`], then writes the compiled form to the
+    /// disk cache: for versions already trusted (stored after their
+    /// fixtures passed, or the operator's own files).
+    pub async fn load(&self, slot: Slot, bytes: &[u8]) -> Result<Loaded, PluginError> {
+        let loaded = self.load_candidate(slot, bytes).await?;
+        self.keep(&loaded);
+        Ok(loaded)
     }
 
     /// Compiles (or loads precompiled) `bytes`, checks it implements `slot`'s
     /// world and imports nothing else, and asks it for its name and version.
-    pub async fn load(&self, slot: Slot, bytes: &[u8]) -> Result<Loaded, PluginError> {
+    /// Nothing is written to disk: a candidate that fails here or later (its
+    /// fixtures) leaves no trace.
+    pub async fn load_candidate(&self, slot: Slot, bytes: &[u8]) -> Result<Loaded, PluginError> {
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(PluginError::InvalidComponent(format!(
+                "{} bytes is larger than the {MAX_COMPONENT_BYTES} bytes a component may have",
+                bytes.len()
+            )));
+        }
         let sha256 = sha256_hex(bytes);
-        let component = self.compile(&sha256, bytes)?;
-        let linker = match slot {
-            Slot::PspAdapter => &self.adapter_linker,
-            Slot::RetryPolicy | Slot::PostingRules => &self.plain_linker,
-        };
-        let instance_pre: InstancePre<HostState> =
-            linker.instantiate_pre(&component).map_err(|e| {
-                PluginError::InvalidComponent(format!("imports outside the {slot} world: {e:#}"))
-            })?;
-        let wrong_world = |e: wasmtime::Error| {
-            PluginError::InvalidComponent(format!("does not implement the {slot} world: {e:#}"))
-        };
-        let pre = match slot {
-            Slot::PspAdapter => {
-                Pre::Adapter(adapter::AdapterPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            Slot::RetryPolicy => {
-                Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            Slot::PostingRules => {
-                Pre::Rules(rules::RulesPre::new(instance_pre).map_err(wrong_world)?)
-            }
-        };
+        let component = self.compile(&sha256, bytes).await?;
+        let pre = self.pre(slot, &component)?;
         let mut loaded = Loaded {
             slot,
             sha256,
@@ -206,6 +216,7 @@ impl Runtime {
             version: String::new(),
             size_bytes: bytes.len(),
             pre,
+            component,
         };
         let env = CallEnv::offline(&crate::config::SlotConfig::default(), "");
         let (name, version) = self.info(&loaded, &env).await?;
@@ -219,30 +230,93 @@ impl Runtime {
         Ok(loaded)
     }
 
-    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, PluginError> {
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.engine_tag)));
-        if let Some(path) = &cached {
-            if path.exists() {
+    /// The world check: imports only what the slot offers, exports its world.
+    fn pre(&self, slot: Slot, component: &Component) -> Result<Pre, PluginError> {
+        let linker = match slot {
+            Slot::PspAdapter => &self.adapter_linker,
+            Slot::RetryPolicy | Slot::PostingRules => &self.plain_linker,
+        };
+        let instance_pre: InstancePre<HostState> =
+            linker.instantiate_pre(component).map_err(|e| {
+                PluginError::InvalidComponent(format!("imports outside the {slot} world: {e:#}"))
+            })?;
+        let wrong_world = |e: wasmtime::Error| {
+            PluginError::InvalidComponent(format!("does not implement the {slot} world: {e:#}"))
+        };
+        Ok(match slot {
+            Slot::PspAdapter => {
+                Pre::Adapter(adapter::AdapterPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            Slot::RetryPolicy => {
+                Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            Slot::PostingRules => {
+                Pre::Rules(rules::RulesPre::new(instance_pre).map_err(wrong_world)?)
+            }
+        })
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_tag)))
+    }
+
+    /// Compiles on a blocking thread (Cranelift would hold an async worker
+    /// for seconds), bounded in time; a cached artifact is used when one
+    /// exists and nobody else could have written it.
+    async fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, PluginError> {
+        if let Some(path) = self.cache_path(sha256) {
+            if private_file(&path) {
                 // SAFETY: the file was written by `Component::serialize` of an
                 // engine with the same compatibility hash (it is in the name),
-                // in a cache directory only this node writes.
-                if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, path) } {
+                // in a directory and a file no other user can write.
+                if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &path) } {
                     return Ok(component);
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::InvalidComponent(format!("not a valid component: {e:#}")))?;
-        if let (Some(path), Ok(serialized)) = (&cached, component.serialize()) {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, serialized).is_ok() {
-                let _ = std::fs::rename(&tmp, path);
-            }
+        let permit = self
+            .compile_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PluginError::Unavailable("runtime shut down".into()))?;
+        let engine = self.engine.clone();
+        let bytes = bytes.to_vec();
+        let compiling = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            Component::new(&engine, &bytes)
+        });
+        match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
+            Err(_) => Err(PluginError::Timeout(format!(
+                "compiling took longer than {} s",
+                COMPILE_TIMEOUT.as_secs()
+            ))),
+            Ok(Err(join)) => Err(PluginError::Trap(format!("compiler panicked: {join}"))),
+            Ok(Ok(compiled)) => compiled.map_err(|e| {
+                PluginError::InvalidComponent(format!("not a valid component: {e:#}"))
+            }),
         }
-        Ok(component)
+    }
+
+    /// Writes a trusted version's compiled form to the disk cache (owner-only
+    /// permissions; best effort: a failed write only costs a compile later).
+    pub fn keep(&self, loaded: &Loaded) {
+        let Some(path) = self.cache_path(&loaded.sha256) else {
+            return;
+        };
+        if path.exists() {
+            return;
+        }
+        let Ok(serialized) = loaded.component.serialize() else {
+            return;
+        };
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if write_private(&tmp, &serialized).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        } else {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 
     fn store(&self, loaded: &Loaded, env: &CallEnv) -> Store<HostState> {
@@ -325,7 +399,7 @@ impl Runtime {
                 loaded.name
             )));
         };
-        let (outcome, stats) = self
+        let (mut outcome, stats) = self
             .run(loaded, env, |mut store| async move {
                 let instance = pre.instantiate_async(&mut store).await?;
                 let outcome = if status {
@@ -340,6 +414,7 @@ impl Runtime {
                 Ok((outcome, store))
             })
             .await?;
+        scrub_outcome(&mut outcome, env);
         super::invariants::check_outcome(&outcome, env.limits.max_output_bytes)?;
         Ok((outcome, stats))
     }
@@ -357,7 +432,7 @@ impl Runtime {
                 loaded.name
             )));
         };
-        let (decision, stats) = self
+        let (mut decision, stats) = self
             .run(loaded, env, |mut store| async move {
                 let instance = pre.instantiate_async(&mut store).await?;
                 let decision = instance
@@ -366,6 +441,10 @@ impl Runtime {
                 Ok((decision, store))
             })
             .await?;
+        if let policy::paynode::retry_policy::types::Decision::GiveUp(reason) = &mut decision {
+            // Becomes the order's failure reason: a record, like outcome texts.
+            *reason = scrub::guest_text(reason, &Default::default());
+        }
         super::invariants::check_decision(&decision)?;
         Ok((decision, stats))
     }
@@ -461,6 +540,26 @@ impl Runtime {
     }
 }
 
+/// Outcome texts are stored in `psp_attempts` and shown by the payments API:
+/// no secret value in them, and messages capped. A PSP reference is never
+/// cut (the status check looks the charge up by it), only scrubbed.
+fn scrub_outcome(outcome: &mut adapter::paynode::psp_adapter::types::Outcome, env: &CallEnv) {
+    use adapter::paynode::psp_adapter::types::Outcome;
+    let no_secrets = Default::default();
+    let secrets = env
+        .http
+        .as_ref()
+        .map_or(&no_secrets, |p| p.secrets.as_ref());
+    match outcome {
+        Outcome::Succeeded(reference) => *reference = scrub::text(reference, secrets),
+        Outcome::Declined(failure) | Outcome::Transient(failure) => {
+            failure.code = scrub::guest_text(&failure.code, secrets);
+            failure.message = scrub::guest_text(&failure.message, secrets);
+        }
+        Outcome::Unknown(reason) => *reason = scrub::guest_text(reason, secrets),
+    }
+}
+
 /// Maps a wasmtime error to the failure class of the call.
 fn classify(error: wasmtime::Error, env: &CallEnv) -> PluginError {
     let text = format!("{error:#}");
@@ -473,11 +572,79 @@ fn classify(error: wasmtime::Error, env: &CallEnv) -> PluginError {
             _ => PluginError::Trap(text),
         };
     }
-    if text.contains("memory limit of") {
+    if text.contains("memory limit of") || text.contains("resource limit exceeded") {
         return PluginError::ResourceLimit(text);
     }
     if text.contains("pooling") || text.contains("maximum concurrent") {
         return PluginError::Unavailable(text);
     }
     PluginError::Trap(text)
+}
+
+/// Names cache files: sha256 of wasmtime's compatibility hash, which covers
+/// the wasmtime version, the target and every compile setting (a stable
+/// hash, unlike `DefaultHasher`, whose algorithm may change between Rust
+/// releases). Loading checks compatibility again anyway.
+fn engine_tag(engine: &Engine) -> String {
+    struct ShaHasher(Sha256);
+    impl Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            unreachable!("only the digest is read")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(&hasher.0.finalize()[..12])
+}
+
+/// The cache directory if it is safe to load native code from: created
+/// owner-only when missing, refused (no cache, with a warning) when another
+/// user could write it, since a file planted there would run as host code.
+fn usable_cache_dir(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        let created = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+        if let Err(error) = created {
+            tracing::warn!(dir = %dir.display(), %error, "component cache not used: cannot create it");
+            return None;
+        }
+    }
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o022 == 0 => {
+            Some(dir.to_path_buf())
+        }
+        Ok(meta) => {
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o7777),
+                "component cache not used: group or others may write it");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "component cache not used");
+            None
+        }
+    }
+}
+
+/// A regular file only its owner may write (group/other write bits clear).
+fn private_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o022 == 0)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
 }

@@ -51,32 +51,61 @@ pub fn config_pairs(config: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-pub async fn insert(
-    pool: &PgPool,
-    sha256: &str,
-    slot: &str,
-    name: &str,
-    version: &str,
-    bytes: &[u8],
-    uploaded_by: &str,
-) -> sqlx::Result<()> {
+/// A version to store: its bytes, what it says it is, who uploaded it and
+/// the fixtures it passed (None: the node's own files, stored unchecked).
+pub struct NewPlugin<'a> {
+    pub sha256: &'a str,
+    pub slot: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub bytes: &'a [u8],
+    pub fixtures: Option<&'a Value>,
+    pub uploaded_by: &'a str,
+}
+
+/// Stores a version and audits the upload in one transaction (an upload is
+/// never stored unaudited). A sha already stored keeps its first row.
+pub async fn insert(pool: &PgPool, plugin: &NewPlugin<'_>) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO plugins (sha256, slot, name, version, bytes, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO plugins (sha256, slot, name, version, bytes, fixtures, uploaded_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (sha256) DO NOTHING",
     )
-    .bind(sha256)
-    .bind(slot)
-    .bind(name)
-    .bind(version)
-    .bind(bytes)
-    .bind(uploaded_by)
-    .execute(pool)
+    .bind(plugin.sha256)
+    .bind(plugin.slot)
+    .bind(plugin.name)
+    .bind(plugin.version)
+    .bind(plugin.bytes)
+    .bind(plugin.fixtures)
+    .bind(plugin.uploaded_by)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    let details = serde_json::json!({
+        "sha256": plugin.sha256, "name": plugin.name, "version": plugin.version,
+        "fixtureFiles": plugin.fixtures.and_then(Value::as_array).map(Vec::len),
+    });
+    audit_in(&mut tx, plugin.uploaded_by, "push", plugin.slot, &details).await?;
+    tx.commit().await
 }
 
 pub async fn bytes(pool: &PgPool, sha256: &str) -> sqlx::Result<Option<(String, Vec<u8>)>> {
     sqlx::query_as("SELECT slot, bytes FROM plugins WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(pool)
+        .await
+}
+
+/// What an activation checks: the slot, the uploader and the stored fixtures.
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct Gate {
+    pub slot: String,
+    pub uploaded_by: String,
+    pub fixtures: Option<Value>,
+}
+
+pub async fn gate(pool: &PgPool, sha256: &str) -> sqlx::Result<Option<Gate>> {
+    sqlx::query_as("SELECT slot, uploaded_by, fixtures FROM plugins WHERE sha256 = $1")
         .bind(sha256)
         .fetch_optional(pool)
         .await
