@@ -30,7 +30,7 @@ echo "== tests"
 cargo test
 # The reference components' pure logic, natively (the same code the
 # fixtures above exercise as components).
-cargo test -q -p psp-simulator -p psp-stripe -p retry-equal-jitter -p ledger-marketplace
+cargo test -q -p psp-simulator -p psp-simulator-v1 -p psp-stripe -p retry-equal-jitter -p ledger-marketplace
 
 # The integration suite again on noida-db, which hides records of aborted
 # transactions from read_committed readers as Kafka does: there the

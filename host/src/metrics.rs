@@ -48,6 +48,14 @@ fn describe() {
     );
     describe_counter!("redis_retry_events_total", "Retry queue events by result");
     describe_counter!("psp_calls_total", "PSP calls by outcome");
+    describe_counter!(
+        "refunds_total",
+        "Refunds by result: requested, rejected, succeeded, failed, requires_review"
+    );
+    describe_counter!(
+        "psp_notifications_total",
+        "PSP notifications (webhooks) by result: applied, unchanged, duplicate, contradicted, unknown_subject, bad_signature, malformed"
+    );
     describe_histogram!(
         "psp_call_latency_seconds",
         "PSP call latency, status checks included"
@@ -152,6 +160,14 @@ pub fn retry_batch(size: usize) {
 
 pub fn retry_queue_size(size: u64) {
     gauge!("redis_retry_zset_size").set(size as f64);
+}
+
+pub fn refund(result: &'static str) {
+    counter!("refunds_total", "result" => result).increment(1);
+}
+
+pub fn notification(result: &'static str) {
+    counter!("psp_notifications_total", "result" => result).increment(1);
 }
 
 pub fn requires_review() {

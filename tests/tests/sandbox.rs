@@ -314,6 +314,7 @@ async fn harness_passes_reference_fixtures_and_fails_a_wrong_one_with_a_diff() {
     let config = paynode::config::Config::default();
     for (component, fixtures) in [
         ("psp-simulator", "psp-adapters/simulator/fixtures"),
+        ("psp-simulator-v1", "psp-adapters/simulator-v1/fixtures"),
         ("psp-stripe", "psp-adapters/stripe/fixtures"),
         ("retry-equal-jitter", "plugins/retry-equal-jitter/fixtures"),
         ("ledger-marketplace", "ledger-rules/marketplace/fixtures"),

@@ -9,6 +9,8 @@ pub mod balances;
 pub mod openapi;
 pub mod payments;
 pub mod problem;
+pub mod refunds;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +73,9 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route("/api/v1/payments", post(payments::create))
         .route("/api/v1/payments/{id}", get(payments::get))
+        .route("/api/v1/payment-orders/{id}/refunds", post(refunds::create))
+        .route("/api/v1/refunds/{id}", get(refunds::get))
+        .route("/api/v1/webhooks/{adapter}", post(webhooks::receive))
         .route(
             "/api/v1/sellers/{seller_id}/balances",
             get(balances::seller_balances),

@@ -22,6 +22,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
     paths(
         super::payments::create,
         super::payments::get,
+        super::refunds::create,
+        super::refunds::get,
+        super::webhooks::receive,
         super::balances::seller_balances,
         super::admin::list_plugins,
         super::admin::push_plugin,
@@ -34,6 +37,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
     security(("bearer" = [])),
     tags(
         (name = "payments", description = "Payment intake and status"),
+        (name = "refunds", description = "Refunds of succeeded payment orders"),
+        (name = "webhooks", description = "PSP notifications, verified by the active adapter (no bearer token)"),
         (name = "ledger", description = "Seller balances"),
         (name = "admin", description = "Component registry and review resolution (role ADMIN)"),
     )

@@ -90,6 +90,8 @@ pub struct PaymentOrderView {
     /// The latest PSP outcome, if any call finished.
     pub latest_outcome: Option<PspOutcome>,
     pub attempts: Vec<AttemptView>,
+    /// The order's refunds, oldest first.
+    pub refunds: Vec<super::refunds::RefundView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -242,21 +244,23 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     principal.require(role::PAYMENT_WRITE)?;
     let trace_id = trace_id_from(&headers);
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 128)
-        .ok_or_else(|| {
-            ApiError::validation("Idempotency-Key header (1..=128 chars) is required")
-                .with_trace(&trace_id)
-        })?
-        .to_string();
+    let key = idempotency_key(&headers).map_err(|e| e.with_trace(&trace_id))?;
     let payment = build_payment(&state.config.http, &principal.subject, key, &trace_id, body)
         .map_err(|e| e.with_trace(&trace_id))?;
     let (payment_id, order_id) = (payment.payment_id, payment.order_id.clone());
     let outcome = state.intake.submit(payment).await;
     answer(outcome, payment_id, &order_id).map_err(|e| e.with_trace(&trace_id))
+}
+
+/// The required `Idempotency-Key` header (1..=128 characters, trimmed).
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::validation("Idempotency-Key header (1..=128 chars) is required"))
 }
 
 /// Validates a request body and builds its rows: what intake does with a
@@ -359,6 +363,7 @@ fn accepted_view(
                 next_retry_at: None,
                 latest_outcome: None,
                 attempts: Vec::new(),
+                refunds: Vec::new(),
             })
             .collect(),
     }
@@ -459,6 +464,7 @@ pub async fn get(
     }
     let orders = payments::orders_of(&state.pool, id).await?;
     let attempts = payments::attempts_of(&state.pool, id).await?;
+    let mut refunds = crate::store::refunds::of_payment(&state.pool, id).await?;
     let order_views: Vec<PaymentOrderView> = orders
         .into_iter()
         .map(|o| {
@@ -493,6 +499,10 @@ pub async fn get(
                 next_retry_at: o.next_retry_at,
                 latest_outcome: mine.iter().rev().find_map(|a| a.outcome.clone()),
                 attempts: mine,
+                refunds: refunds
+                    .extract_if(.., |r| r.payment_order_id == o.payment_order_id)
+                    .map(Into::into)
+                    .collect(),
             }
         })
         .collect();

@@ -108,6 +108,19 @@ pub async fn run(
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    print_balances(&client, url, &token).await?;
+    if let Err(error) = refund_one(&client, url, &token, &views, &run_id).await {
+        println!("refund demo failed: {error:#}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if missing > 0 {
+        println!("{missing} payment order(s) got no PSP outcome in {wait_secs} s");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn print_balances(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<()> {
     for seller in ["seller-a", "seller-b"] {
         let balances: Value = client
             .get(format!("{url}/api/v1/sellers/{seller}/balances"))
@@ -125,9 +138,95 @@ pub async fn run(
             );
         }
     }
-    if missing > 0 {
-        println!("{missing} payment order(s) got no PSP outcome in {wait_secs} s");
-        return Ok(ExitCode::FAILURE);
+    Ok(())
+}
+
+/// seller-a's balance (minor units) on its merchant account, as the API
+/// reports it.
+async fn seller_balance(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<i64> {
+    let balances: Value = client
+        .get(format!("{url}/api/v1/sellers/seller-a/balances"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(balances["accounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| {
+            a["account"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("MERCHANT_ACCOUNT."))
+        })
+        .filter_map(|a| a["balanceMinor"].as_i64())
+        .sum())
+}
+
+/// Refunds 1 000 of seller-a's first succeeded order and shows the
+/// seller's balance before and after.
+async fn refund_one(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    views: &[Value],
+    run_id: &str,
+) -> anyhow::Result<()> {
+    let Some(order) = views
+        .iter()
+        .flat_map(|v| v["paymentOrders"].as_array().into_iter().flatten())
+        .find(|o| o["sellerId"] == "seller-a" && o["status"] == "SUCCEEDED")
+    else {
+        println!("no succeeded order of seller-a to refund");
+        return Ok(());
+    };
+    let order_id = order["paymentOrderId"].as_str().unwrap_or_default();
+    let before = seller_balance(client, url, token).await?;
+    let response = client
+        .post(format!("{url}/api/v1/payment-orders/{order_id}/refunds"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", format!("demo-refund-{run_id}"))
+        .json(&json!({ "amount": { "quantity": 1_000, "currency": "EUR" }, "reason": "demo: one item returned" }))
+        .send()
+        .await?;
+    let status = response.status();
+    let refund: Value = response.json().await?;
+    anyhow::ensure!(
+        status.as_u16() == 202,
+        "refund refused ({status}): {refund}"
+    );
+    let refund_id = refund["refundId"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut view = refund;
+    while view["status"] == "REQUESTED" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        view = client
+            .get(format!("{url}/api/v1/refunds/{refund_id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
     }
-    Ok(ExitCode::SUCCESS)
+    println!(
+        "refund {refund_id} of order {order_id}: 1000 EUR-minor {} ref={}",
+        view["status"].as_str().unwrap_or("?"),
+        view["pspReference"].as_str().unwrap_or("-")
+    );
+    anyhow::ensure!(
+        view["status"] == "SUCCEEDED",
+        "refund ended {}",
+        view["status"]
+    );
+    let mut after = seller_balance(client, url, token).await?;
+    while after == before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        after = seller_balance(client, url, token).await?;
+    }
+    println!(
+        "seller-a merchant balance {before} -> {after} (refunded {})",
+        before - after
+    );
+    Ok(())
 }

@@ -94,12 +94,18 @@ struct Recorded {
     #[sqlx(flatten)]
     order: OrderRow,
     recorded_event: serde_json::Value,
+    /// Set when the recording is a refund's (its `post-refund` is replayed).
+    refund_id: Option<uuid::Uuid>,
+    refund_amount: Option<i64>,
+    refund_reference: Option<String>,
 }
 
 async fn recorded_orders(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Recorded>> {
     sqlx::query_as(
-        "SELECT o.*, r.recorded_event
+        "SELECT o.*, r.recorded_event, f.refund_id, f.amount_minor AS refund_amount,
+                f.psp_reference AS refund_reference
          FROM ledger_recordings r JOIN payment_orders o USING (payment_order_id)
+         LEFT JOIN refunds f ON f.finalized_event_id = r.source_event_id
          WHERE o.status IN ('SUCCEEDED', 'FAILED')
          ORDER BY r.created_at DESC LIMIT $1",
     )
@@ -136,10 +142,32 @@ async fn judge(
         added: Vec::new(),
         error: Some(error),
     };
-    let entries = match runtime
-        .post(candidate, env, config, &rule_input(&finalized))
-        .await
-    {
+    let posted = match row.refund_id {
+        Some(refund_id) => {
+            let money = |quantity: i64| {
+                crate::components::bindings::rules::paynode::posting_rules::types::Money {
+                    quantity,
+                    currency: order.currency.clone(),
+                }
+            };
+            let refund = crate::components::runtime::RefundedOrder {
+                refund_id: refund_id.to_string(),
+                payment_order_id: order.payment_order_id.to_string(),
+                payment_id: order.payment_id.to_string(),
+                seller_id: order.seller_id.clone(),
+                captured: money(order.amount_minor),
+                amount: money(row.refund_amount.unwrap_or(0)),
+                psp_reference: row.refund_reference.clone().unwrap_or_default(),
+            };
+            runtime.post_refund(candidate, env, config, &refund).await
+        }
+        None => {
+            runtime
+                .post(candidate, env, config, &rule_input(&finalized))
+                .await
+        }
+    };
+    let entries = match posted {
         Err(error) => return Ok(rejected(format!("{}: {error}", error.class()))),
         Ok((Err(rule_error), _)) => {
             return Ok(rejected(format!(

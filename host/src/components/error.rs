@@ -26,6 +26,11 @@ pub enum PluginError {
     /// unknown outcome to settle with `status`, never a refusal.
     #[error("component failed after an HTTP request left: {0}")]
     AfterRequest(String),
+    /// The component's contract version lacks the export (a psp-adapter
+    /// 1.0.0 has no `refund` nor `parse-notification`). Deterministic: never
+    /// retried.
+    #[error("{0}")]
+    Unsupported(String),
     /// No capacity right now (instance pool exhausted); retry later.
     #[error("component runtime unavailable: {0}")]
     Unavailable(String),
@@ -41,6 +46,7 @@ impl PluginError {
             PluginError::InvalidOutput(_) => "invalid_output",
             PluginError::InvalidComponent(_) => "invalid_component",
             PluginError::AfterRequest(_) => "after_request",
+            PluginError::Unsupported(_) => "unsupported",
             PluginError::Unavailable(_) => "unavailable",
         }
     }

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -16,7 +17,9 @@ use super::bindings::adapter::paynode::psp_adapter::{http, types as adapter};
 use super::bindings::policy::paynode::retry_policy::types as policy;
 use super::bindings::rules::paynode::posting_rules::types as rules;
 use super::invariants::{check_journals, PostingScope};
-use super::runtime::{CallEnv, CallStats};
+use super::runtime::{
+    CallEnv, CallStats, Incoming, Notification, RefundRequest, RefundedOrder, Rejection,
+};
 use super::{Loaded, PluginError, Runtime, Slot};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,13 +29,18 @@ pub struct FixtureFile {
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     pub cases: Vec<Case>,
+    /// Test-only secrets for `crypto.hmac-sha256` (psp-adapter 2.0.0):
+    /// fixtures sign with these, never with the node's secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,
-    /// charge | status | decide | post
+    /// charge | status | refund | refund-status | parse-notification |
+    /// decide | post
     pub call: String,
     pub input: Value,
     /// Overrides the file's config for this case.
@@ -78,10 +86,12 @@ pub enum Respond {
     },
 }
 
-/// Replays scripted exchanges instead of the network, recording mismatches.
+/// Replays scripted exchanges instead of the network, recording mismatches;
+/// holds the fixture's test secrets for the `crypto` import.
 #[derive(Clone, Default)]
 pub struct HttpScript {
     inner: Arc<Mutex<ScriptState>>,
+    secrets: Arc<BTreeMap<String, SecretString>>,
 }
 
 #[derive(Default)]
@@ -97,7 +107,24 @@ impl HttpScript {
                 queue: exchanges.iter().cloned().collect(),
                 problems: Vec::new(),
             })),
+            secrets: Arc::default(),
         }
+    }
+
+    /// The fixture file's test secrets: a harness run never signs with the
+    /// node's own.
+    pub fn with_secrets(mut self, secrets: &BTreeMap<String, String>) -> Self {
+        self.secrets = Arc::new(
+            secrets
+                .iter()
+                .map(|(name, value)| (name.clone(), SecretString::from(value.clone())))
+                .collect(),
+        );
+        self
+    }
+
+    pub fn secret(&self, name: &str) -> Option<SecretString> {
+        self.secrets.get(name).cloned()
     }
 
     pub fn answer(&self, request: &http::Request) -> Result<http::Response, http::HttpError> {
@@ -241,6 +268,37 @@ pub fn required_calls(slot: Slot) -> &'static [&'static str] {
     }
 }
 
+/// What a psp-adapter 2.0.0 adds to [`required_calls`].
+pub const REQUIRED_V2_CALLS: &[&str] = &["refund", "refund-status", "parse-notification"];
+/// What a posting-rules 2.0.0 adds.
+pub const REQUIRED_RULES_V2_CALLS: &[&str] = &["post-refund"];
+
+/// [`check_coverage`], plus the exports of the component's own contract
+/// version (a psp-adapter 2.0.0 must show its refunds and notifications).
+pub fn check_coverage_of(loaded: &Loaded, files: &[FixtureFile]) -> Result<(), String> {
+    check_coverage(loaded.slot, files)?;
+    if !loaded.supports_refunds() {
+        return Ok(());
+    }
+    let required = match loaded.slot {
+        Slot::PostingRules => REQUIRED_RULES_V2_CALLS,
+        _ => REQUIRED_V2_CALLS,
+    };
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|call| !files.iter().flat_map(|f| &f.cases).any(|c| c.call == *call))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "fixtures have no case for {}: every export of the {} 2.0.0 world needs one",
+            missing.join(", "),
+            loaded.slot
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses fixtures that are missing, meant for another slot, or leave an
 /// export of the slot's world without a case: a version goes live only with
 /// evidence of what each of its entry points does.
@@ -319,8 +377,8 @@ async fn run_case(
         .into_iter()
         .collect();
     let mut problems = Vec::new();
-    let first = call_once(runtime, loaded, case, &config, env).await;
-    let second = call_once(runtime, loaded, case, &config, env).await;
+    let first = call_once(runtime, loaded, file, case, &config, env).await;
+    let second = call_once(runtime, loaded, file, case, &config, env).await;
     let (actual, stats, http_problems) = match first {
         Ok(done) => done,
         Err(error) => (
@@ -369,7 +427,7 @@ fn invariant_problems(slot: Slot, case: &Case, actual: &Value, _env: &CallEnv) -
         Slot::PostingRules => {
             if let (Some(entries), Ok(order)) = (
                 actual.get("ok"),
-                serde_json::from_value::<OrderInput>(case.input.clone()),
+                serde_json::from_value::<ScopeInput>(case.input.clone()),
             ) {
                 if let Ok(entries) = entries_from_json(entries) {
                     let scope = PostingScope {
@@ -392,6 +450,7 @@ type CallResult = Result<(Value, CallStats, Vec<String>), PluginError>;
 async fn call_once(
     runtime: &Runtime,
     loaded: &Loaded,
+    file: &FixtureFile,
     case: &Case,
     config: &[(String, String)],
     env: &CallEnv,
@@ -417,6 +476,32 @@ async fn call_once(
             };
             Ok((outcome_json(&outcome), stats, script.finish()))
         }
+        "refund" | "refund-status" => {
+            let input: RefundInput =
+                serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let script = HttpScript::new(&case.http).with_secrets(&file.secrets);
+            env.script = Some(script.clone());
+            let status = case.call == "refund-status";
+            let request = input.into_wit();
+            let (outcome, stats) = runtime
+                .refund(loaded, &env, config, &request, status)
+                .await?;
+            Ok((outcome_json(&outcome), stats, script.finish()))
+        }
+        "parse-notification" => {
+            let input: IncomingInput =
+                serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let script = HttpScript::new(&case.http).with_secrets(&file.secrets);
+            env.script = Some(script.clone());
+            let incoming = Incoming {
+                headers: input.headers.into_iter().collect(),
+                body: input.body.into_bytes(),
+            };
+            let (result, stats) = runtime
+                .parse_notification(loaded, &env, config, &incoming)
+                .await?;
+            Ok((notifications_json(&result), stats, script.finish()))
+        }
         "decide" => {
             let input: DecideInput =
                 serde_json::from_value(case.input.clone()).map_err(bad_input)?;
@@ -439,6 +524,17 @@ async fn call_once(
                 serde_json::from_value(case.input.clone()).map_err(bad_input)?;
             let order = input.into_wit();
             let (result, stats) = runtime.post(loaded, &env, config, &order).await?;
+            let value = match result {
+                Ok(entries) => json!({ "ok": entries.iter().map(entry_json).collect::<Vec<_>>() }),
+                Err(e) => json!({ "err": { "code": e.code, "message": e.message } }),
+            };
+            Ok((value, stats, Vec::new()))
+        }
+        "post-refund" => {
+            let input: RefundedInput =
+                serde_json::from_value(case.input.clone()).map_err(bad_input)?;
+            let refund = input.into_wit();
+            let (result, stats) = runtime.post_refund(loaded, &env, config, &refund).await?;
             let value = match result {
                 Ok(entries) => json!({ "ok": entries.iter().map(entry_json).collect::<Vec<_>>() }),
                 Err(e) => json!({ "err": { "code": e.code, "message": e.message } }),
@@ -483,6 +579,116 @@ impl ChargeInput {
             idempotency_key: self.idempotency_key,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefundInput {
+    refund_id: String,
+    payment_order_id: String,
+    payment_id: String,
+    seller_id: String,
+    #[serde(default)]
+    charge_reference: String,
+    #[serde(default)]
+    charge_idempotency_key: String,
+    captured: MoneyInput,
+    amount: MoneyInput,
+    #[serde(default)]
+    reason: String,
+    attempt: u32,
+    idempotency_key: String,
+}
+
+impl RefundInput {
+    fn into_wit(self) -> RefundRequest {
+        let money = |m: MoneyInput| adapter::Money {
+            quantity: m.quantity,
+            currency: m.currency,
+        };
+        RefundRequest {
+            refund_id: self.refund_id,
+            payment_order_id: self.payment_order_id,
+            payment_id: self.payment_id,
+            seller_id: self.seller_id,
+            charge_reference: self.charge_reference,
+            charge_idempotency_key: self.charge_idempotency_key,
+            captured: money(self.captured),
+            amount: money(self.amount),
+            reason: self.reason,
+            attempt: self.attempt,
+            idempotency_key: self.idempotency_key,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefundedInput {
+    refund_id: String,
+    payment_order_id: String,
+    payment_id: String,
+    seller_id: String,
+    captured: MoneyInput,
+    amount: MoneyInput,
+    #[serde(default)]
+    psp_reference: String,
+}
+
+impl RefundedInput {
+    fn into_wit(self) -> RefundedOrder {
+        let money = |m: MoneyInput| rules::Money {
+            quantity: m.quantity,
+            currency: m.currency,
+        };
+        RefundedOrder {
+            refund_id: self.refund_id,
+            payment_order_id: self.payment_order_id,
+            payment_id: self.payment_id,
+            seller_id: self.seller_id,
+            captured: money(self.captured),
+            amount: money(self.amount),
+            psp_reference: self.psp_reference,
+        }
+    }
+}
+
+/// A notification as fixtures write it: headers and a UTF-8 body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IncomingInput {
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+}
+
+pub fn notifications_json(result: &Result<Vec<Notification>, Rejection>) -> Value {
+    use super::bindings::adapter_v2::paynode::psp_adapter::notifications::NotificationKind;
+    match result {
+        Ok(list) => json!({ "ok": list.iter().map(|n| json!({
+            "eventId": n.event_id,
+            "kind": match n.kind {
+                NotificationKind::ChargeSucceeded => "charge-succeeded",
+                NotificationKind::ChargeFailed => "charge-failed",
+                NotificationKind::RefundSucceeded => "refund-succeeded",
+                NotificationKind::RefundFailed => "refund-failed",
+            },
+            "idempotencyKey": n.idempotency_key,
+            "pspReference": n.psp_reference,
+            "message": n.message,
+        })).collect::<Vec<_>>() }),
+        Err(Rejection::BadSignature(why)) => json!({ "err": { "badSignature": why } }),
+        Err(Rejection::Malformed(why)) => json!({ "err": { "malformed": why } }),
+    }
+}
+
+/// The part of a `post` or `post-refund` input the host invariants need.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScopeInput {
+    seller_id: String,
+    amount: MoneyInput,
 }
 
 #[derive(Deserialize)]
@@ -642,6 +848,7 @@ mod tests {
         FixtureFile {
             slot: slot.into(),
             config: BTreeMap::new(),
+            secrets: Default::default(),
             cases: calls
                 .iter()
                 .map(|call| Case {

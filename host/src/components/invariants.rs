@@ -55,6 +55,47 @@ pub fn check_outcome(outcome: &Outcome, max_bytes: usize) -> Result<(), PluginEr
     Ok(())
 }
 
+/// Most notifications one webhook call may yield.
+pub const MAX_NOTIFICATIONS: usize = 32;
+
+/// Notifications name records the host looks up: bounded in number and
+/// size, no NUL, and an event id and idempotency key present.
+pub fn check_notifications(
+    notifications: &[super::runtime::Notification],
+    max_bytes: usize,
+) -> Result<(), PluginError> {
+    if notifications.len() > MAX_NOTIFICATIONS {
+        return Err(PluginError::InvalidOutput(format!(
+            "{} notifications in one call (at most {MAX_NOTIFICATIONS})",
+            notifications.len()
+        )));
+    }
+    let mut size = 0usize;
+    for n in notifications {
+        for (what, text) in [
+            ("event id", &n.event_id),
+            ("idempotency key", &n.idempotency_key),
+            ("PSP reference", &n.psp_reference),
+            ("message", &n.message),
+        ] {
+            check_text(what, text)?;
+            size = size.saturating_add(text.len());
+        }
+        if n.event_id.is_empty() || n.event_id.len() > 255 || n.idempotency_key.is_empty() {
+            return Err(PluginError::InvalidOutput(
+                "a notification needs an event id (at most 255 bytes) and an idempotency key"
+                    .into(),
+            ));
+        }
+    }
+    if size > max_bytes.min(64 * 1024) {
+        return Err(PluginError::InvalidOutput(format!(
+            "notifications of {size} bytes are too large"
+        )));
+    }
+    Ok(())
+}
+
 /// A retry policy's give-up reason becomes the order's failure reason.
 pub fn check_decision(decision: &Decision) -> Result<(), PluginError> {
     match decision {

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod error;
 pub mod harness;
 pub mod host_imports;
+pub mod host_imports_v2;
 pub mod invariants;
 pub mod posting;
 pub mod registry;

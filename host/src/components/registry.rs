@@ -204,6 +204,7 @@ impl Registry {
             .load_candidate(slot, bytes)
             .await
             .map_err(PushError::Refused)?;
+        harness::check_coverage_of(&loaded, fixtures).map_err(PushError::FixturesMissing)?;
         self.run_fixtures(&loaded, fixtures)
             .await
             .map_err(PushError::FixturesFailed)?;
@@ -341,6 +342,7 @@ impl Registry {
                 Arc::new(loaded)
             }
         };
+        harness::check_coverage_of(&loaded, fixtures).map_err(ActivateError::NoFixtures)?;
         self.run_fixtures(&loaded, fixtures)
             .await
             .map_err(ActivateError::FixturesFailed)?;

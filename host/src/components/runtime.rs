@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-use super::bindings::{adapter, policy, rules};
+use super::bindings::{adapter, adapter_v2, policy, rules, rules_v2};
 use super::host_imports::{self, HostState, HttpPolicy};
 use super::{scrub, PluginError, Slot};
 
@@ -94,8 +94,10 @@ impl CallEnv {
 
 enum Pre {
     Adapter(adapter::AdapterPre<HostState>),
+    AdapterV2(adapter_v2::AdapterPre<HostState>),
     Policy(policy::PolicyPre<HostState>),
     Rules(rules::RulesPre<HostState>),
+    RulesV2(rules_v2::RulesPre<HostState>),
 }
 
 /// One compiled component version, ready to instantiate.
@@ -108,6 +110,42 @@ pub struct Loaded {
     pre: Pre,
     /// Kept to write the on-disk cache once the version is trusted.
     component: Component,
+}
+
+/// psp-adapter 2.0.0 types used by the host.
+pub type RefundRequest = adapter_v2::paynode::psp_adapter::refunds::RefundRequest;
+pub type Incoming = adapter_v2::paynode::psp_adapter::notifications::Incoming;
+pub type Notification = adapter_v2::paynode::psp_adapter::notifications::Notification;
+pub type Rejection = adapter_v2::paynode::psp_adapter::notifications::Rejection;
+/// posting-rules 2.0.0's refund event.
+pub type RefundedOrder = rules_v2::paynode::posting_rules::refunds::RefundedOrder;
+type RulesResult = Result<
+    Vec<rules::paynode::posting_rules::types::JournalEntry>,
+    rules::paynode::posting_rules::types::RuleError,
+>;
+type Outcome = adapter::paynode::psp_adapter::types::Outcome;
+type ChargeRequest = adapter::paynode::psp_adapter::types::ChargeRequest;
+
+/// Said when an order pinned to a v1 adapter is to be refunded (or a v1
+/// adapter is handed a notification).
+pub const NO_REFUNDS: &str = "adapter version does not support refunds";
+
+impl Loaded {
+    /// The contract version the component implements: its world's major
+    /// version (1 for every psp-adapter built before 2.0.0, and for the
+    /// other slots).
+    pub fn contract_major(&self) -> u32 {
+        match self.pre {
+            Pre::AdapterV2(_) | Pre::RulesV2(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether `refund`, `refund-status` and `parse-notification` exist
+    /// (psp-adapter), or `post-refund` (posting-rules).
+    pub fn supports_refunds(&self) -> bool {
+        self.contract_major() >= 2
+    }
 }
 
 impl std::fmt::Debug for Loaded {
@@ -124,6 +162,7 @@ impl std::fmt::Debug for Loaded {
 pub struct Runtime {
     engine: Engine,
     adapter_linker: Linker<HostState>,
+    adapter_v2_linker: Linker<HostState>,
     plain_linker: Linker<HostState>,
     /// None when not configured or not safe to use (see [`usable_cache_dir`]).
     cache_dir: Option<PathBuf>,
@@ -173,12 +212,19 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut adapter_v2_linker = Linker::new(&engine);
+        adapter_v2::Adapter::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut adapter_v2_linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let plain_linker = Linker::new(&engine);
 
         Ok(Arc::new(Runtime {
             engine_tag: engine_tag(&engine),
             engine,
             adapter_linker,
+            adapter_v2_linker,
             plain_linker,
             cache_dir: cache_dir.and_then(|dir| usable_cache_dir(&dir)),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES)),
@@ -231,8 +277,20 @@ impl Runtime {
     }
 
     /// The world check: imports only what the slot offers, exports its world.
+    /// A psp-adapter exporting `refund` is held to the 2.0.0 world, any
+    /// other to 1.0.0.
     fn pre(&self, slot: Slot, component: &Component) -> Result<Pre, PluginError> {
+        let v2_export = match slot {
+            Slot::PspAdapter => "refund",
+            Slot::PostingRules => "post-refund",
+            Slot::RetryPolicy => "",
+        };
+        let v2 = component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| !v2_export.is_empty() && name == v2_export);
         let linker = match slot {
+            Slot::PspAdapter if v2 => &self.adapter_v2_linker,
             Slot::PspAdapter => &self.adapter_linker,
             Slot::RetryPolicy | Slot::PostingRules => &self.plain_linker,
         };
@@ -244,11 +302,17 @@ impl Runtime {
             PluginError::InvalidComponent(format!("does not implement the {slot} world: {e:#}"))
         };
         Ok(match slot {
+            Slot::PspAdapter if v2 => {
+                Pre::AdapterV2(adapter_v2::AdapterPre::new(instance_pre).map_err(wrong_world)?)
+            }
             Slot::PspAdapter => {
                 Pre::Adapter(adapter::AdapterPre::new(instance_pre).map_err(wrong_world)?)
             }
             Slot::RetryPolicy => {
                 Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            Slot::PostingRules if v2 => {
+                Pre::RulesV2(rules_v2::RulesPre::new(instance_pre).map_err(wrong_world)?)
             }
             Slot::PostingRules => {
                 Pre::Rules(rules::RulesPre::new(instance_pre).map_err(wrong_world)?)
@@ -344,6 +408,14 @@ impl Runtime {
                 })
                 .await?
             }
+            Pre::AdapterV2(pre) => {
+                self.run(loaded, env, |mut store| async move {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let info = instance.call_info(&mut store).await?;
+                    Ok(((info.name, info.version), store))
+                })
+                .await?
+            }
             Pre::Policy(pre) => {
                 self.run(loaded, env, |mut store| async move {
                     let instance = pre.instantiate_async(&mut store).await?;
@@ -353,6 +425,14 @@ impl Runtime {
                 .await?
             }
             Pre::Rules(pre) => {
+                self.run(loaded, env, |mut store| async move {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let info = instance.call_info(&mut store).await?;
+                    Ok(((info.name, info.version), store))
+                })
+                .await?
+            }
+            Pre::RulesV2(pre) => {
                 self.run(loaded, env, |mut store| async move {
                     let instance = pre.instantiate_async(&mut store).await?;
                     let info = instance.call_info(&mut store).await?;
@@ -390,26 +470,63 @@ impl Runtime {
         loaded: &Loaded,
         env: &CallEnv,
         config: &[(String, String)],
-        request: &adapter::paynode::psp_adapter::types::ChargeRequest,
+        request: &ChargeRequest,
         status: bool,
-    ) -> Result<(adapter::paynode::psp_adapter::types::Outcome, CallStats), PluginError> {
-        let Pre::Adapter(pre) = &loaded.pre else {
-            return Err(PluginError::InvalidComponent(format!(
-                "{} is not a psp-adapter",
-                loaded.name
-            )));
+    ) -> Result<(Outcome, CallStats), PluginError> {
+        let config = config.to_vec();
+        let (mut outcome, stats) = match &loaded.pre {
+            Pre::Adapter(pre) => {
+                self.run(loaded, env, |mut store| async move {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let outcome = if status {
+                        instance.call_status(&mut store, &config, request).await?
+                    } else {
+                        instance.call_charge(&mut store, &config, request).await?
+                    };
+                    Ok((outcome, store))
+                })
+                .await?
+            }
+            Pre::AdapterV2(pre) => {
+                self.run(loaded, env, |mut store| async move {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let outcome = if status {
+                        instance.call_status(&mut store, &config, request).await?
+                    } else {
+                        instance.call_charge(&mut store, &config, request).await?
+                    };
+                    Ok((outcome, store))
+                })
+                .await?
+            }
+            _ => return Err(not_an_adapter(loaded)),
         };
+        scrub_outcome(&mut outcome, env);
+        super::invariants::check_outcome(&outcome, env.limits.max_output_bytes)?;
+        Ok((outcome, stats))
+    }
+
+    /// `refund` (or, with `status`, `refund-status`) of a 2.0.0 adapter;
+    /// a v1 adapter answers [`PluginError::Unsupported`].
+    pub async fn refund(
+        &self,
+        loaded: &Loaded,
+        env: &CallEnv,
+        config: &[(String, String)],
+        request: &RefundRequest,
+        status: bool,
+    ) -> Result<(Outcome, CallStats), PluginError> {
+        let pre = v2_pre(loaded)?;
+        let config = config.to_vec();
         let (mut outcome, stats) = self
             .run(loaded, env, |mut store| async move {
                 let instance = pre.instantiate_async(&mut store).await?;
                 let outcome = if status {
                     instance
-                        .call_status(&mut store, &config.to_vec(), request)
+                        .call_refund_status(&mut store, &config, request)
                         .await?
                 } else {
-                    instance
-                        .call_charge(&mut store, &config.to_vec(), request)
-                        .await?
+                    instance.call_refund(&mut store, &config, request).await?
                 };
                 Ok((outcome, store))
             })
@@ -417,6 +534,46 @@ impl Runtime {
         scrub_outcome(&mut outcome, env);
         super::invariants::check_outcome(&outcome, env.limits.max_output_bytes)?;
         Ok((outcome, stats))
+    }
+
+    /// `parse-notification` of a 2.0.0 adapter. What it returns is checked
+    /// for size and scrubbed; the host still trusts none of it beyond
+    /// looking records up by it.
+    pub async fn parse_notification(
+        &self,
+        loaded: &Loaded,
+        env: &CallEnv,
+        config: &[(String, String)],
+        incoming: &Incoming,
+    ) -> Result<(Result<Vec<Notification>, Rejection>, CallStats), PluginError> {
+        let pre = v2_pre(loaded)?;
+        let config = config.to_vec();
+        let (mut result, stats) = self
+            .run(loaded, env, |mut store| async move {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let result = instance
+                    .call_parse_notification(&mut store, &config, incoming)
+                    .await?;
+                Ok((result, store))
+            })
+            .await?;
+        let no_secrets = Default::default();
+        let secrets = env
+            .http
+            .as_ref()
+            .map_or(&no_secrets, |p| p.secrets.as_ref());
+        match &mut result {
+            Ok(notifications) => {
+                super::invariants::check_notifications(notifications, env.limits.max_output_bytes)?;
+                for n in notifications.iter_mut() {
+                    n.message = scrub::guest_text(&n.message, secrets);
+                }
+            }
+            Err(Rejection::BadSignature(why) | Rejection::Malformed(why)) => {
+                *why = scrub::guest_text(why, secrets)
+            }
+        }
+        Ok((result, stats))
     }
 
     pub async fn decide(
@@ -467,27 +624,60 @@ impl Runtime {
         ),
         PluginError,
     > {
-        let Pre::Rules(pre) = &loaded.pre else {
-            return Err(PluginError::InvalidComponent(format!(
-                "{} is not a posting-rules component",
-                loaded.name
-            )));
+        let config = config.to_vec();
+        let (result, stats) = match &loaded.pre {
+            Pre::Rules(pre) => {
+                self.run(loaded, env, |mut store| async move {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let result = instance.call_post(&mut store, &config, order).await?;
+                    Ok((result, store))
+                })
+                .await?
+            }
+            Pre::RulesV2(pre) => {
+                self.run(loaded, env, |mut store| async move {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let result = instance.call_post(&mut store, &config, order).await?;
+                    Ok((result, store))
+                })
+                .await?
+            }
+            _ => return Err(not_rules(loaded)),
         };
+        check_rules_result(&result, env)?;
+        Ok((result, stats))
+    }
+
+    /// posting-rules 2.0.0's `post-refund`; a v1 rules component answers
+    /// [`PluginError::Unsupported`].
+    pub async fn post_refund(
+        &self,
+        loaded: &Loaded,
+        env: &CallEnv,
+        config: &[(String, String)],
+        refund: &RefundedOrder,
+    ) -> Result<(RulesResult, CallStats), PluginError> {
+        let pre = match &loaded.pre {
+            Pre::RulesV2(pre) => pre,
+            Pre::Rules(_) => {
+                return Err(PluginError::Unsupported(format!(
+                    "{} {}: rules version does not post refunds (posting-rules 1.0.0)",
+                    loaded.name, loaded.version
+                )))
+            }
+            _ => return Err(not_rules(loaded)),
+        };
+        let config = config.to_vec();
         let (result, stats) = self
             .run(loaded, env, |mut store| async move {
                 let instance = pre.instantiate_async(&mut store).await?;
                 let result = instance
-                    .call_post(&mut store, &config.to_vec(), order)
+                    .call_post_refund(&mut store, &config, refund)
                     .await?;
                 Ok((result, store))
             })
             .await?;
-        match &result {
-            Ok(entries) => {
-                super::invariants::check_output_size(entries, env.limits.max_output_bytes)?
-            }
-            Err(error) => super::invariants::check_rule_error(error)?,
-        }
+        check_rules_result(&result, env)?;
         Ok((result, stats))
     }
 
@@ -537,6 +727,32 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+}
+
+fn not_rules(loaded: &Loaded) -> PluginError {
+    PluginError::InvalidComponent(format!("{} is not a posting-rules component", loaded.name))
+}
+
+fn check_rules_result(result: &RulesResult, env: &CallEnv) -> Result<(), PluginError> {
+    match result {
+        Ok(entries) => super::invariants::check_output_size(entries, env.limits.max_output_bytes),
+        Err(error) => super::invariants::check_rule_error(error),
+    }
+}
+
+fn not_an_adapter(loaded: &Loaded) -> PluginError {
+    PluginError::InvalidComponent(format!("{} is not a psp-adapter", loaded.name))
+}
+
+fn v2_pre(loaded: &Loaded) -> Result<&adapter_v2::AdapterPre<HostState>, PluginError> {
+    match &loaded.pre {
+        Pre::AdapterV2(pre) => Ok(pre),
+        Pre::Adapter(_) => Err(PluginError::Unsupported(format!(
+            "{} {}: {NO_REFUNDS} (psp-adapter 1.0.0)",
+            loaded.name, loaded.version
+        ))),
+        _ => Err(not_an_adapter(loaded)),
     }
 }
 

@@ -20,6 +20,8 @@ pub mod event_type {
     pub const PAYMENT_ORDER_FINALIZED: &str = "PaymentOrderFinalized";
     pub const LEDGER_RECORDING_REQUESTED: &str = "LedgerRecordingRequested";
     pub const LEDGER_ENTRIES_RECORDED: &str = "LedgerEntriesRecorded";
+    pub const REFUND_REQUESTED: &str = "RefundRequested";
+    pub const REFUND_FINALIZED: &str = "RefundFinalized";
 }
 
 /// Deterministic id of the event `event_type` for `aggregate_id` at `attempt`.

@@ -4,3 +4,4 @@ pub mod events;
 pub mod ledger;
 pub mod money;
 pub mod payment;
+pub mod refund;

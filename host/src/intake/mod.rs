@@ -46,6 +46,7 @@
 //!   lost any other way (a writer panicked) is a 503 in the handler.
 
 mod in_flight;
+pub mod key;
 pub mod retention;
 mod writer;
 

@@ -23,7 +23,7 @@ pub(super) struct Queued {
 }
 
 /// A request's fate inside the transaction, before the commit.
-enum Verdict {
+pub(super) enum Verdict {
     Accepted,
     Replayed(StoredResponse),
     KeyReused,
@@ -212,7 +212,11 @@ async fn insert(
 
 /// A request's verdict from its lock and stored response alone; `None`
 /// means it is to be written.
-fn triage(request_sha256: &str, locked: bool, stored: Option<StoredResponse>) -> Option<Verdict> {
+pub(super) fn triage(
+    request_sha256: &str,
+    locked: bool,
+    stored: Option<StoredResponse>,
+) -> Option<Verdict> {
     match (locked, stored) {
         (false, _) => Some(Verdict::KeyInFlight),
         (true, Some(stored)) if stored.request_sha256 == request_sha256 => {
@@ -224,7 +228,7 @@ fn triage(request_sha256: &str, locked: bool, stored: Option<StoredResponse>) ->
 }
 
 /// The advisory lock id of an Idempotency-Key, scoped per client.
-fn lock_id(client_id: &str, key: &str) -> i64 {
+pub(super) fn lock_id(client_id: &str, key: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{client_id}\u{0}{key}").as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))

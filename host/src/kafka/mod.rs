@@ -23,14 +23,18 @@ pub mod topic {
     pub const PAYMENT_ORDER_FINALIZED: &str = "payment_order_finalized_topic";
     pub const LEDGER_RECORD_REQUEST: &str = "ledger_record_request_queue_topic";
     pub const LEDGER_ENTRIES_RECORDED: &str = "ledger_entries_recorded_topic";
+    pub const REFUND_REQUESTED: &str = "refund_requested_topic";
+    pub const REFUND_FINALIZED: &str = "refund_finalized_topic";
 
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 8] = [
         PAYMENT_ORDER_CREATED,
         PSP_CALL_REQUESTED,
         PSP_RESULT_UPDATED,
         PAYMENT_ORDER_FINALIZED,
         LEDGER_RECORD_REQUEST,
         LEDGER_ENTRIES_RECORDED,
+        REFUND_REQUESTED,
+        REFUND_FINALIZED,
     ];
 }
 

@@ -10,6 +10,12 @@
 //! | ledger_recording_request_dispatcher | payment_order_finalized_topic | ledger_record_request_queue_topic | sellerId |
 //! | ledger_recording_consumer | ledger_record_request_queue_topic | ledger_entries_recorded_topic | sellerId |
 //! | account_balance_consumer | ledger_entries_recorded_topic | account_balances, Redis cache | sellerId |
+//! | refund_executor | refund_requested_topic | refund_finalized_topic or a Redis retry | paymentOrderId |
+//! | refund_ledger_recorder | refund_finalized_topic | ledger_entries_recorded_topic | paymentOrderId → sellerId |
+//!
+//! The refund stages run as many workers as the PSP call executor and the
+//! ledger recorder respectively (`stages.psp_call_executor`,
+//! `stages.ledger_recording_consumer`).
 
 pub mod account_balance_consumer;
 pub mod commit;
@@ -23,6 +29,8 @@ pub mod outbox_dispatcher;
 pub mod payment_order_enqueuer;
 pub mod payment_order_psp_call_executor;
 pub mod payment_order_psp_result_applier;
+pub mod refund_executor;
+pub mod refund_ledger_recorder;
 pub mod retry_dispatcher_scheduler;
 pub mod review_janitor;
 pub mod stage_loop;
@@ -112,6 +120,24 @@ pub fn spawn_all(
         shutdown,
         stages.account_balance_consumer,
         Arc::new(account_balance_consumer::AccountBalanceConsumer::new(
+            ctx.clone(),
+        )),
+        None,
+    );
+    spawn_stage(
+        ctx,
+        tasks,
+        shutdown,
+        stages.psp_call_executor,
+        Arc::new(refund_executor::RefundExecutor::new(ctx.clone())),
+        None,
+    );
+    spawn_stage(
+        ctx,
+        tasks,
+        shutdown,
+        stages.ledger_recording_consumer,
+        Arc::new(refund_ledger_recorder::RefundLedgerRecorder::new(
             ctx.clone(),
         )),
         None,

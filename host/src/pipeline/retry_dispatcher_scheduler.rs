@@ -85,11 +85,11 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
     }
     let queue = || {
         due.iter().try_for_each(|event| {
-            let key = event.aggregate_id.clone();
+            let (topic, key) = route(event);
             send(
                 producer,
                 &ctx.names,
-                &Outbound::new(topic::PSP_CALL_REQUESTED, key, event.clone()),
+                &Outbound::new(topic, key, event.clone()),
             )
         })
     };
@@ -103,6 +103,22 @@ async fn dispatch_due(ctx: &PipelineContext, producer: &FutureProducer) -> anyho
         crate::metrics::retry_event("processed");
     }
     Ok(due.len())
+}
+
+/// Where a due retry goes: a refund's next attempt to the refund executor
+/// (keyed by its order, like every refund event), a charge's to the PSP
+/// call executor.
+fn route(event: &Envelope) -> (&'static str, String) {
+    if event.event_type == event_type::REFUND_REQUESTED {
+        let order = event
+            .data
+            .get("paymentOrderId")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&event.aggregate_id)
+            .to_string();
+        return (topic::REFUND_REQUESTED, order);
+    }
+    (topic::PSP_CALL_REQUESTED, event.aggregate_id.clone())
 }
 
 /// An order still INITIATED this long after its last change, with its

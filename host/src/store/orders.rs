@@ -17,6 +17,14 @@ pub async fn get(pool: &PgPool, payment_order_id: Uuid) -> sqlx::Result<Option<O
         .await
 }
 
+/// The order a PSP idempotency key names (notifications).
+pub async fn by_psp_key(pool: &PgPool, key: &str) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as("SELECT * FROM payment_orders WHERE psp_idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The adapter activation (component and its config) an order is pinned to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {

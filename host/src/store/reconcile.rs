@@ -61,7 +61,8 @@ pub async fn checks(pool: &PgPool, outbox_age_secs: i64) -> anyhow::Result<Vec<C
         breaches: count(
             "SELECT count(*) FROM payment_orders o WHERE o.status IN ('SUCCEEDED', 'FAILED')
                AND o.updated_at < now() - interval '60 seconds'
-               AND (SELECT count(*) FROM ledger_recordings r WHERE r.payment_order_id = o.payment_order_id) <> 1",
+               AND (SELECT count(*) FROM ledger_recordings r WHERE r.payment_order_id = o.payment_order_id
+                      AND NOT EXISTS (SELECT 1 FROM refunds f WHERE f.finalized_event_id = r.source_event_id)) <> 1",
         )
         .await?,
         detail: "final orders (over a minute) without exactly one ledger recording".into(),
@@ -111,6 +112,25 @@ pub async fn checks(pool: &PgPool, outbox_age_secs: i64) -> anyhow::Result<Vec<C
         )
         .await?,
         detail: "orders with more than one succeeded PSP attempt".into(),
+    });
+    checks.push(Check {
+        name: "refunds within the capture",
+        breaches: count(
+            "SELECT count(*) FROM (SELECT o.payment_order_id FROM payment_orders o JOIN refunds r USING (payment_order_id)
+               WHERE r.status = 'SUCCEEDED' GROUP BY o.payment_order_id, o.amount_minor, o.status
+               HAVING sum(r.amount_minor) > o.amount_minor OR o.status <> 'SUCCEEDED') x",
+        )
+        .await?,
+        detail: "orders whose succeeded refunds exceed what they captured (or that are not SUCCEEDED)".into(),
+    });
+    checks.push(Check {
+        name: "one journal per succeeded refund",
+        breaches: count(
+            "SELECT count(*) FROM refunds r WHERE r.status = 'SUCCEEDED' AND r.updated_at < now() - interval '60 seconds'
+               AND (SELECT count(*) FROM journal_entries j WHERE j.source_event_id = r.finalized_event_id) <> 1",
+        )
+        .await?,
+        detail: "succeeded refunds (over a minute) without exactly one journal".into(),
     });
     let parked = count("SELECT count(*) FROM payment_orders WHERE status = 'PARKED'").await?;
     let review =

@@ -32,3 +32,28 @@ impl Encode<'_, Postgres> for OrderStatus {
         <&str as Encode<Postgres>>::encode(self.as_str(), buf)
     }
 }
+
+/// Refund statuses cross the boundary the same way (CHECK of migration 0013).
+impl Type<Postgres> for crate::domain::refund::RefundStatus {
+    fn type_info() -> PgTypeInfo {
+        <str as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for crate::domain::refund::RefundStatus {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let text = <&str as Decode<Postgres>>::decode(value)?;
+        crate::domain::refund::RefundStatus::parse(text)
+            .ok_or_else(|| format!("unknown refund status {text:?}").into())
+    }
+}
+
+impl Encode<'_, Postgres> for crate::domain::refund::RefundStatus {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+    }
+}

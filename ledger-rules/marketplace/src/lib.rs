@@ -5,6 +5,13 @@
 //! - `CAPTURE`: debit `AUTH_LIABILITY.GLOBAL.C` A, debit `PSP_RECEIVABLES.GLOBAL.C` A,
 //!   credit `AUTH_RECEIVABLE.GLOBAL.C` A, credit `MERCHANT_ACCOUNT.S.C` A
 //!
+//! A succeeded refund of amount R posts the reverse of the capture for R:
+//! - `REFUND` (key: the refund id): debit `MERCHANT_ACCOUNT.S.C` R, credit
+//!   `PSP_RECEIVABLES.GLOBAL.C` R
+//!
+//! A refund outside 0 < R <= captured, or in another currency than the
+//! capture, is `invalid_amount`.
+//!
 //! A failed order posts nothing (its amount is not checked: nothing is
 //! written). A succeeded order with a non-positive amount is
 //! `invalid_amount`; an empty or malformed currency or seller id (which would
@@ -15,7 +22,7 @@
 
 wit_bindgen::generate!({
     world: "rules",
-    path: "../../wit/posting-rules",
+    path: "../../wit/posting-rules-v2",
     additional_derives: [PartialEq, Eq],
 });
 
@@ -98,6 +105,44 @@ pub fn post(order: &FinalizedOrder) -> Result<Vec<JournalEntry>, RuleError> {
     ])
 }
 
+pub fn post_refund(refund: &RefundedOrder) -> Result<Vec<JournalEntry>, RuleError> {
+    let (amount, captured) = (&refund.amount, &refund.captured);
+    if amount.quantity <= 0
+        || amount.quantity > captured.quantity
+        || amount.currency != captured.currency
+    {
+        return Err(rule_error(
+            "invalid_amount",
+            format!(
+                "refund {} of {} {} does not fit the capture of {} {}",
+                refund.refund_id,
+                amount.quantity,
+                amount.currency,
+                captured.quantity,
+                captured.currency
+            ),
+        ));
+    }
+    let (c, s) = (&amount.currency, &refund.seller_id);
+    if !valid_segment(c) || !valid_segment(s) || refund.refund_id.is_empty() {
+        return Err(rule_error(
+            "invalid_order",
+            format!(
+                "refund {:?} has an invalid currency, seller id or refund id",
+                refund.refund_id
+            ),
+        ));
+    }
+    Ok(vec![JournalEntry {
+        kind: "REFUND".into(),
+        key: refund.refund_id.clone(),
+        postings: vec![
+            posting(format!("MERCHANT_ACCOUNT.{s}.{c}"), Side::Debit, amount),
+            posting(format!("PSP_RECEIVABLES.GLOBAL.{c}"), Side::Credit, amount),
+        ],
+    }])
+}
+
 struct Marketplace;
 
 impl Guest for Marketplace {
@@ -110,6 +155,10 @@ impl Guest for Marketplace {
 
     fn post(_config: Config, order: FinalizedOrder) -> Result<Vec<JournalEntry>, RuleError> {
         post(&order)
+    }
+
+    fn post_refund(_config: Config, refund: RefundedOrder) -> Result<Vec<JournalEntry>, RuleError> {
+        post_refund(&refund)
     }
 }
 
@@ -279,6 +328,22 @@ mod fixture_tests {
         }
     }
 
+    fn refund_of(v: &Value) -> RefundedOrder {
+        let money = |m: &Value| Money {
+            quantity: m["quantity"].as_i64().unwrap(),
+            currency: m["currency"].as_str().unwrap().into(),
+        };
+        RefundedOrder {
+            refund_id: v["refundId"].as_str().unwrap().into(),
+            payment_order_id: v["paymentOrderId"].as_str().unwrap().into(),
+            payment_id: v["paymentId"].as_str().unwrap().into(),
+            seller_id: v["sellerId"].as_str().unwrap().into(),
+            captured: money(&v["captured"]),
+            amount: money(&v["amount"]),
+            psp_reference: v["pspReference"].as_str().unwrap_or("").into(),
+        }
+    }
+
     fn entries_json(entries: &[JournalEntry]) -> Value {
         entries
             .iter()
@@ -299,8 +364,12 @@ mod fixture_tests {
     #[test]
     fn fixtures_hold() {
         for (file, case, _config) in fixture_cases() {
-            assert_eq!(case["call"], "post");
-            let got = match post(&order_of(&case["input"])) {
+            let result = match case["call"].as_str().unwrap() {
+                "post" => post(&order_of(&case["input"])),
+                "post-refund" => post_refund(&refund_of(&case["input"])),
+                other => panic!("{file}: bad call {other}"),
+            };
+            let got = match result {
                 Ok(entries) => json!({ "ok": entries_json(&entries) }),
                 Err(e) => json!({ "err": { "code": e.code, "message": e.message } }),
             };

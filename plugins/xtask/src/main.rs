@@ -516,8 +516,29 @@ fn write_manifest(ws: &Workspace, out_dir: &Path) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Verify
 
-fn contract(slot: &str) -> (&'static [&'static str], &'static [&'static str]) {
+/// The exports a slot's world requires and the imports it allows. A
+/// psp-adapter exporting `refund` is held to psp-adapter 2.0.0, any other
+/// to the frozen 1.0.0.
+fn contract(slot: &str, exports: &[String]) -> (&'static [&'static str], &'static [&'static str]) {
     match slot {
+        "psp-adapter" if exports.iter().any(|e| e == "refund") => (
+            &[
+                "info",
+                "charge",
+                "status",
+                "refund",
+                "refund-status",
+                "parse-notification",
+            ],
+            &[
+                "paynode:psp-adapter/types@2.0.0",
+                "paynode:psp-adapter/refunds@2.0.0",
+                "paynode:psp-adapter/notifications@2.0.0",
+                "paynode:psp-adapter/http@2.0.0",
+                "paynode:psp-adapter/log@2.0.0",
+                "paynode:psp-adapter/crypto@2.0.0",
+            ],
+        ),
         "psp-adapter" => (
             &["info", "charge", "status"],
             &[
@@ -527,6 +548,13 @@ fn contract(slot: &str) -> (&'static [&'static str], &'static [&'static str]) {
             ],
         ),
         "retry-policy" => (&["info", "decide"], &["paynode:retry-policy/types@1.0.0"]),
+        "posting-rules" if exports.iter().any(|e| e == "post-refund") => (
+            &["info", "post", "post-refund"],
+            &[
+                "paynode:posting-rules/types@2.0.0",
+                "paynode:posting-rules/refunds@2.0.0",
+            ],
+        ),
         "posting-rules" => (&["info", "post"], &["paynode:posting-rules/types@1.0.0"]),
         _ => (&[], &[]),
     }
@@ -567,7 +595,7 @@ fn verify_components(root: &Path, guests: &[Guest], out_dir: &Path) -> Result<()
             .keys()
             .map(|k| world_key_name(resolve, k))
             .collect();
-        let (want_exports, allowed_imports) = contract(&g.slot);
+        let (want_exports, allowed_imports) = contract(&g.slot, &exports);
         let missing: Vec<&str> = want_exports
             .iter()
             .copied()

@@ -16,6 +16,24 @@
 //! - `status-script` (scripted only): the same for `status`, indexed by the
 //!   request's attempt. Default `succeeded`.
 //!
+//! - `refund-script`, `refund-status-script` (scripted only): the same for
+//!   `refund` and `refund-status`, indexed by the refund's attempt.
+//!   Default `succeeded`.
+//! - `webhook-secret`: name of the host secret notifications are signed
+//!   with (default `sim_webhook_secret`).
+//!
+//! Refunds draw like charges, from the refund id instead of the order id;
+//! a refund's PSP reference starts `simrf_`.
+//!
+//! Notifications (webhooks) are signed the simulator's simple way: header
+//! `x-sim-signature` is the lowercase hex HMAC-SHA256 of the raw body under
+//! the `webhook-secret` secret, which the host computes (the guest never
+//! sees the key). The body is `key=value` pairs joined by `&` (no escaping;
+//! values must not hold `&` or `=`): `id` (the event id), `type`
+//! (`charge.succeeded` | `charge.failed` | `refund.succeeded` |
+//! `refund.failed`), `key` (the idempotency key the host sent), and
+//! optionally `reference` and `message`.
+//!
 //! `status` never delays. For the random scenarios it answers what the PSP
 //! "really" did for that (order, attempt): the same draws without the
 //! timeout. A bad config value answers `declined(invalid_config)`: the
@@ -26,12 +44,14 @@
 
 wit_bindgen::generate!({
     world: "adapter",
-    path: "../../wit/psp-adapter",
+    path: "../../wit/psp-adapter-v2",
     additional_derives: [PartialEq, Eq],
 });
 
+use paynode::psp_adapter::crypto;
 use paynode::psp_adapter::http;
 use paynode::psp_adapter::log::{self, Level};
+use paynode::psp_adapter::notifications::NotificationKind;
 use paynode::psp_adapter::types::Failure;
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -238,6 +258,28 @@ pub fn outcome_of(kind: Kind, hash: u64) -> Outcome {
 pub enum Op {
     Charge,
     Status,
+    Refund,
+    RefundStatus,
+}
+
+impl Op {
+    /// The config key of its script and whether it is a status check.
+    fn script_key(self) -> &'static str {
+        match self {
+            Op::Charge => "script",
+            Op::Status => "status-script",
+            Op::Refund => "refund-script",
+            Op::RefundStatus => "refund-status-script",
+        }
+    }
+
+    fn is_status(self) -> bool {
+        matches!(self, Op::Status | Op::RefundStatus)
+    }
+
+    fn is_refund(self) -> bool {
+        matches!(self, Op::Refund | Op::RefundStatus)
+    }
 }
 
 /// The result of one simulated call: the outcome and the delay to ask the
@@ -314,26 +356,39 @@ pub fn simulate(op: Op, config: &[(String, String)], order_id: &str, attempt: u3
     let hash = call_hash(order_id, attempt, seed);
 
     let Some(profile) = scenario.profile() else {
-        let (key, default) = match op {
-            Op::Charge => ("script", "succeeded"),
-            Op::Status => ("status-script", "succeeded"),
-        };
-        let script = get(config, key).unwrap_or(default);
+        let key = op.script_key();
+        let script = get(config, key).unwrap_or("succeeded");
         let outcome = match script_entry(key, script, attempt) {
             Ok(kind) => outcome_of(kind, hash),
             Err(outcome) => outcome,
         };
-        return fail(scenario.name(), outcome);
+        return fail(scenario.name(), refund_reference(op, outcome));
     };
 
     let p = plan(&profile, hash);
-    match op {
-        Op::Charge => Sim {
-            scenario: scenario.name(),
-            outcome: outcome_of(if p.timed_out { Kind::Unknown } else { p.real }, hash),
-            delay_ms: latency_on.then_some(p.latency_ms),
-        },
-        Op::Status => fail(scenario.name(), outcome_of(p.real, hash)),
+    if op.is_status() {
+        return fail(
+            scenario.name(),
+            refund_reference(op, outcome_of(p.real, hash)),
+        );
+    }
+    Sim {
+        scenario: scenario.name(),
+        outcome: refund_reference(
+            op,
+            outcome_of(if p.timed_out { Kind::Unknown } else { p.real }, hash),
+        ),
+        delay_ms: latency_on.then_some(p.latency_ms),
+    }
+}
+
+/// A refund's PSP reference is told apart from a charge's by its prefix.
+fn refund_reference(op: Op, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Succeeded(reference) if op.is_refund() => {
+            Outcome::Succeeded(reference.replacen("sim_", "simrf_", 1))
+        }
+        other => other,
     }
 }
 
@@ -356,6 +411,88 @@ fn run(op: Op, config: &[(String, String)], request: &ChargeRequest) -> Outcome 
     sim.outcome
 }
 
+fn run_refund(op: Op, config: &[(String, String)], request: &RefundRequest) -> Outcome {
+    let sim = simulate(op, config, &request.refund_id, request.attempt);
+    if let Some(ms) = sim.delay_ms {
+        http::delay(ms);
+    }
+    log::write(
+        Level::Debug,
+        &format!(
+            "psp-simulator {op:?} refund={} order={} attempt={} scenario={} -> {:?}",
+            request.refund_id, request.payment_order_id, request.attempt, sim.scenario, sim.outcome
+        ),
+    );
+    sim.outcome
+}
+
+/// Lowercase hex, for comparing a MAC with the signature header.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+/// Equal without an early exit, so timing does not tell how much matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parses a signed body (see the crate docs) into one notification.
+pub fn parse_body(body: &[u8]) -> Result<Notification, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
+    let mut fields = std::collections::BTreeMap::new();
+    for pair in text.trim().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("field {pair:?} has no `=`"))?;
+        fields.insert(key, value);
+    }
+    let field = |name: &str| fields.get(name).copied().unwrap_or("");
+    let kind = match field("type") {
+        "charge.succeeded" => NotificationKind::ChargeSucceeded,
+        "charge.failed" => NotificationKind::ChargeFailed,
+        "refund.succeeded" => NotificationKind::RefundSucceeded,
+        "refund.failed" => NotificationKind::RefundFailed,
+        other => return Err(format!("unknown type {other:?}")),
+    };
+    if field("id").is_empty() || field("key").is_empty() {
+        return Err("`id` and `key` are required".into());
+    }
+    Ok(Notification {
+        event_id: field("id").into(),
+        kind,
+        idempotency_key: field("key").into(),
+        psp_reference: field("reference").into(),
+        message: field("message").into(),
+    })
+}
+
+fn parse_notification(
+    config: &[(String, String)],
+    incoming: &Incoming,
+) -> Result<Vec<Notification>, Rejection> {
+    let signature = incoming
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("x-sim-signature"))
+        .map(|(_, value)| value.trim().to_ascii_lowercase())
+        .ok_or_else(|| Rejection::BadSignature("no x-sim-signature header".into()))?;
+    let secret = get(config, "webhook-secret").unwrap_or("sim_webhook_secret");
+    let mac = crypto::hmac_sha256(secret, &incoming.body)
+        .map_err(|e| Rejection::BadSignature(format!("cannot compute the MAC: {e}")))?;
+    if !constant_time_eq(hex_lower(&mac).as_bytes(), signature.as_bytes()) {
+        return Err(Rejection::BadSignature("signature does not match".into()));
+    }
+    parse_body(&incoming.body)
+        .map(|n| vec![n])
+        .map_err(Rejection::Malformed)
+}
+
 struct Simulator;
 
 impl Guest for Simulator {
@@ -372,6 +509,21 @@ impl Guest for Simulator {
 
     fn status(config: Config, request: ChargeRequest) -> Outcome {
         run(Op::Status, &config, &request)
+    }
+
+    fn refund(config: Config, request: RefundRequest) -> Outcome {
+        run_refund(Op::Refund, &config, &request)
+    }
+
+    fn refund_status(config: Config, request: RefundRequest) -> Outcome {
+        run_refund(Op::RefundStatus, &config, &request)
+    }
+
+    fn parse_notification(
+        config: Config,
+        notification: Incoming,
+    ) -> Result<Vec<Notification>, Rejection> {
+        parse_notification(&config, &notification)
     }
 }
 
@@ -637,9 +789,13 @@ mod fixture_tests {
     #[test]
     fn fixtures_hold() {
         for (file, case, config) in fixture_cases() {
-            let op = match case["call"].as_str().unwrap() {
-                "charge" => Op::Charge,
-                "status" => Op::Status,
+            let (op, id) = match case["call"].as_str().unwrap() {
+                "charge" => (Op::Charge, "paymentOrderId"),
+                "status" => (Op::Status, "paymentOrderId"),
+                "refund" => (Op::Refund, "refundId"),
+                "refund-status" => (Op::RefundStatus, "refundId"),
+                // Needs the host's HMAC import: the harness runs these.
+                "parse-notification" => continue,
                 other => panic!("{file}: bad call {other}"),
             };
             assert!(case["http"].as_array().unwrap().is_empty());
@@ -647,7 +803,7 @@ mod fixture_tests {
             let sim = simulate(
                 op,
                 &config,
-                input["paymentOrderId"].as_str().unwrap(),
+                input[id].as_str().unwrap(),
                 input["attempt"].as_u64().unwrap() as u32,
             );
             let got = outcome_json(&sim.outcome);
@@ -657,5 +813,21 @@ mod fixture_tests {
                 case["name"]
             );
         }
+    }
+
+    #[test]
+    fn notification_bodies_parse() {
+        let n = parse_body(b"id=evt_1&type=refund.succeeded&key=rk-1&reference=simrf_1").unwrap();
+        assert_eq!(n.event_id, "evt_1");
+        assert_eq!(n.kind, NotificationKind::RefundSucceeded);
+        assert_eq!(n.idempotency_key, "rk-1");
+        assert_eq!(n.psp_reference, "simrf_1");
+        assert!(parse_body(b"id=evt_1&type=refund.succeeded").is_err());
+        assert!(parse_body(b"id=evt_1&type=nope&key=k").is_err());
+        assert!(parse_body(b"garbage").is_err());
+        assert_eq!(hex_lower(&[0x00, 0xab, 0xff]), "00abff");
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }
