@@ -77,7 +77,7 @@ impl From<RefundRow> for RefundView {
 }
 
 /// Refund a succeeded payment order, fully or partly.
-#[utoipa::path(post, path = "/api/v1/payment-orders/{id}/refunds", tag = "refunds",
+#[utoipa::path(post, path = "/api/v1/payment-orders/{id}/refunds", tag = "refunds", operation_id = "create_refund",
     request_body = CreateRefund,
     params(("id" = Uuid, Path, description = "Payment order id"),
         ("Idempotency-Key" = String, Header, min_length = 1, max_length = 128, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
@@ -382,7 +382,7 @@ fn set_location(response: &mut Response, refund_id: &str) {
 }
 
 /// A refund and its status.
-#[utoipa::path(get, path = "/api/v1/refunds/{id}", tag = "refunds",
+#[utoipa::path(get, path = "/api/v1/refunds/{id}", tag = "refunds", operation_id = "get_refund",
     params(("id" = Uuid, Path, description = "Refund id")),
     responses(
         (status = 200, description = "The refund", body = RefundView),

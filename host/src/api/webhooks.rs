@@ -43,7 +43,7 @@ pub struct NotificationResult {
 }
 
 /// Receive a PSP notification for the active psp-adapter.
-#[utoipa::path(post, path = "/api/v1/webhooks/{adapter}", tag = "webhooks",
+#[utoipa::path(post, path = "/api/v1/webhooks/{adapter}", tag = "webhooks", operation_id = "receive_webhook",
     params(("adapter" = String, Path, description = "`psp-adapter`, or the active adapter's name")),
     request_body(content = String, description = "The PSP's raw body, signed as the adapter expects", content_type = "*/*"),
     responses(
