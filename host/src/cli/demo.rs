@@ -124,7 +124,7 @@ async fn print_balances(client: &reqwest::Client, url: &str, token: &str) -> any
     for seller in ["seller-a", "seller-b"] {
         let balances: Value = client
             .get(format!("{url}/api/v1/sellers/{seller}/balances"))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .send()
             .await?
             .json()
