@@ -231,9 +231,14 @@ async fn gauges(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::Re
 
 /// Any key will do as long as every node uses the same one.
 const RECONCILE_LOCK: i64 = 0x7061_796e_6f64_6501;
+/// How far back each round looks past where the last one stopped: a
+/// transaction is stamped when it begins and seen when it commits.
+const RECONCILE_MARGIN_SECS: i64 = 300;
 
 /// One node at a time runs the checks: the one that gets the advisory lock
 /// for this round (the others skip it; their gauges keep the last values).
+/// Rounds are incremental (`store::reconcile::incremental`): their cost
+/// follows the write rate, not the ledger's size.
 async fn reconcile_as_leader(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let mut lock = pool.begin().await?;
     let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -241,7 +246,9 @@ async fn reconcile_as_leader(pool: &sqlx::PgPool) -> anyhow::Result<()> {
         .fetch_one(&mut *lock)
         .await?;
     let result = if leader {
-        store::reconcile::checks(pool, 300).await.map(|checks| {
+        store::reconcile::incremental(pool, 300, RECONCILE_MARGIN_SECS)
+            .await
+            .map(|checks| {
             for check in checks {
                 crate::metrics::reconcile_breaches(check.name, check.breaches);
             }

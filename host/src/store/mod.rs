@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod payments;
 pub mod plugins;
 pub mod reconcile;
+pub mod reconcile_sums;
 pub mod reviews;
 pub mod status;
 
