@@ -174,7 +174,7 @@ async fn refresh_breaches(
             .bind(check.name)
             .fetch_all(&mut **tx)
             .await?;
-    let still = breaching(&mut **tx, check, None, Some(&open)).await?;
+    let still = breaching(&mut **tx, check, None, Some(open.as_slice())).await?;
     let new = breaching(&mut **tx, check, Some(since), None).await?;
     sqlx::query(
         "DELETE FROM reconcile_breaches WHERE check_name = $1 AND subject = ANY($2)
