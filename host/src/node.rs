@@ -249,10 +249,10 @@ async fn reconcile_as_leader(pool: &sqlx::PgPool) -> anyhow::Result<()> {
         store::reconcile::incremental(pool, 300, RECONCILE_MARGIN_SECS)
             .await
             .map(|checks| {
-            for check in checks {
-                crate::metrics::reconcile_breaches(check.name, check.breaches);
-            }
-        })
+                for check in checks {
+                    crate::metrics::reconcile_breaches(check.name, check.breaches);
+                }
+            })
     } else {
         Ok(())
     };

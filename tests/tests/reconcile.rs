@@ -75,7 +75,11 @@ async fn breaches(pool: &PgPool, name: &str) -> (i64, i64) {
 
 #[tokio::test]
 async fn incremental_rounds_find_keep_and_clear_breaches_as_the_full_check_does() {
-    let url = fresh_database(&format!("rec_{}", &Uuid::new_v4().simple().to_string()[..10])).await;
+    let url = fresh_database(&format!(
+        "rec_{}",
+        &Uuid::new_v4().simple().to_string()[..10]
+    ))
+    .await;
     let pool = PgPool::connect(&url).await.unwrap();
     store::migrate(&pool).await.unwrap();
 
@@ -86,40 +90,50 @@ async fn incremental_rounds_find_keep_and_clear_breaches_as_the_full_check_does(
 
     // A balance changed behind the ledger's back, after j1 went into the
     // checkpointed sums: the round sees it from the checkpoint.
-    sqlx::query("UPDATE account_balances SET debit_minor = debit_minor + 1 WHERE account_code = 'A'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE account_balances SET debit_minor = debit_minor + 1 WHERE account_code = 'A'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(breaches(&pool, "balances equal postings").await, (1, 1));
-    sqlx::query("UPDATE account_balances SET debit_minor = debit_minor - 1 WHERE account_code = 'A'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE account_balances SET debit_minor = debit_minor - 1 WHERE account_code = 'A'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(breaches(&pool, "balances equal postings").await, (0, 0));
 
     // An unbalanced journal in the window is found ...
     journal(&pool, "j2", 50, 40).await;
     assert_eq!(breaches(&pool, "journals balance").await, (1, 1));
     // ... stays open after it left every later window ...
-    sqlx::query("UPDATE journal_entries SET created_at = now() - interval '2 days' WHERE journal_id = 'j2'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE journal_entries SET created_at = now() - interval '2 days' WHERE journal_id = 'j2'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(breaches(&pool, "journals balance").await, (1, 1));
     // ... and clears once the data is right.
-    sqlx::query("UPDATE postings SET amount_minor = 50 WHERE journal_id = 'j2' AND account_code = 'B'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE postings SET amount_minor = 50 WHERE journal_id = 'j2' AND account_code = 'B'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(breaches(&pool, "journals balance").await, (0, 0));
 
     // The round reads only its window: a journal older than the last
     // round's watermark, unbalanced, is not its business (the full check
     // and the open-breach list are). This is what keeps a round cheap.
     journal(&pool, "j3", 70, 60).await;
-    sqlx::query("UPDATE journal_entries SET created_at = now() - interval '2 days' WHERE journal_id = 'j3'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE journal_entries SET created_at = now() - interval '2 days' WHERE journal_id = 'j3'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(breaches(&pool, "journals balance").await, (0, 1));
 }
