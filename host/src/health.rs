@@ -59,8 +59,7 @@ impl Dependencies {
 
     /// Asks all three at once; each answer is bounded by `PROBE_TIMEOUT`.
     pub async fn check(&self) -> DependencyStatus {
-        let (database, broker, redis) =
-            tokio::join!(self.database(), self.broker(), self.redis());
+        let (database, broker, redis) = tokio::join!(self.database(), self.broker(), self.redis());
         DependencyStatus {
             database,
             broker,
@@ -89,6 +88,9 @@ impl Dependencies {
         let mut redis = self.redis.clone();
         let ping = redis::cmd("PING");
         let answered = ping.query_async::<String>(&mut redis);
-        matches!(tokio::time::timeout(PROBE_TIMEOUT, answered).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, answered).await,
+            Ok(Ok(_))
+        )
     }
 }

@@ -41,7 +41,11 @@ fn temp_dir(what: &str) -> PathBuf {
 fn wait_port(port: u16, up: bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
-        assert!(Instant::now() < deadline, "{what} on :{port} never came {}", if up { "up" } else { "down" });
+        assert!(
+            Instant::now() < deadline,
+            "{what} on :{port} never came {}",
+            if up { "up" } else { "down" }
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -79,7 +83,9 @@ impl Broker {
         if let Some(path) = std::env::var_os("PAYNODE_NOIDA_BIN") {
             return path.into();
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
         let installed = home.join(".cargo/bin/noida-db");
         if installed.exists() {
             installed
@@ -392,7 +398,10 @@ fn intent(key: &str) -> Value {
     json!({ "id": format!("pi_{}", &key[..key.len().min(24)]), "object": "payment_intent", "status": "succeeded" })
 }
 
-async fn psp_create(State(psp): State<PspShared>, headers: HeaderMap) -> (StatusCode, axum::Json<Value>) {
+async fn psp_create(
+    State(psp): State<PspShared>,
+    headers: HeaderMap,
+) -> (StatusCode, axum::Json<Value>) {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -493,7 +502,7 @@ impl NodeProcess {
 listen = "127.0.0.1:{port}"
 [database]
 url = "{db}"
-max_connections = 16
+max_connections = 32
 [redis]
 url = "{redis}"
 [kafka]
@@ -545,7 +554,11 @@ psp_api_key = "sk_test_fake"
         let deadline = Instant::now() + Duration::from_secs(60);
         while !node.ready().await {
             node.assert_running();
-            assert!(Instant::now() < deadline, "node not ready; see {}", node.log().display());
+            assert!(
+                Instant::now() < deadline,
+                "node not ready; see {}",
+                node.log().display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         node
@@ -671,7 +684,8 @@ impl Load {
             let refused = refused.clone();
             tokio::spawn(async move {
                 let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
+                    // The node's own request deadline (http.request_timeout_ms).
+                    .timeout(Duration::from_secs(10))
                     .build()
                     .expect("client");
                 let mut tick = tokio::time::interval(LOAD_EVERY);
@@ -685,7 +699,10 @@ impl Load {
                         .post(format!("{base}/api/v1/payments"))
                         .bearer_auth(&token)
                         .header("Idempotency-Key", &order)
-                        .json(&payment_body(&order, &[(&format!("seller-{}", n % 5), 100 + (n % 7) as i64)]));
+                        .json(&payment_body(
+                            &order,
+                            &[(&format!("seller-{}", n % 5), 100 + (n % 7) as i64)],
+                        ));
                     let (accepted, refused) = (accepted.clone(), refused.clone());
                     inflight.spawn(async move {
                         let Ok(response) = request.send().await else {
@@ -735,7 +752,10 @@ impl Load {
             self.refused.lock().unwrap()
         );
         assert!(rate >= 100.0, "offered load {rate:.0}/s is below 100/s");
-        accepted.iter().map(|id| id.parse().expect("uuid")).collect()
+        accepted
+            .iter()
+            .map(|id| id.parse().expect("uuid"))
+            .collect()
     }
 }
 
@@ -745,12 +765,13 @@ pub async fn wait_accepting(load: &Load, node: &NodeProcess, more: usize, timeou
     let deadline = Instant::now() + timeout;
     while load.accepted() < target {
         node.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "intake did not accept {more} more payments (refused by status: {:?}); see {}",
-            load.refused.lock().unwrap(),
-            node.log().display()
-        );
+        if Instant::now() > deadline {
+            let refused = load.refused.lock().unwrap().clone();
+            panic!(
+                "intake did not accept {more} more payments (refused by status: {refused:?}); see {}",
+                node.log().display()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -782,11 +803,7 @@ pub async fn assert_consistent(
     let deadline = Instant::now() + settle_within;
     loop {
         node.assert_running();
-        let open = count_orders(
-            &pool,
-            "'INITIATED', 'PENDING', 'PARKED'",
-        )
-        .await;
+        let open = count_orders(&pool, "'INITIATED', 'PENDING', 'PARKED'").await;
         let unsettled: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM payment_orders WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'REQUIRES_REVIEW')",
         )
@@ -827,16 +844,26 @@ async fn assert_psp_charged_once(pool: &sqlx::PgPool, psp: &FakePsp) {
         .filter(|(_, r)| r.second_charges > 0)
         .map(|(k, r)| (k.clone(), r.second_charges))
         .collect();
-    assert!(doubles.is_empty(), "keys charged again after a success: {doubles:?}");
+    assert!(
+        doubles.is_empty(),
+        "keys charged again after a success: {doubles:?}"
+    );
     for (key, status) in &orders {
         let charged = state.by_key.get(key).is_some_and(|r| r.charged.is_some());
         match status.as_str() {
-            "SUCCEEDED" => assert!(charged, "order {key} SUCCEEDED but the PSP never charged it"),
+            "SUCCEEDED" => assert!(
+                charged,
+                "order {key} SUCCEEDED but the PSP never charged it"
+            ),
             "FAILED" => assert!(!charged, "order {key} FAILED but the PSP charged it"),
             _ => {}
         }
     }
-    let charged = state.by_key.values().filter(|r| r.charged.is_some()).count();
+    let charged = state
+        .by_key
+        .values()
+        .filter(|r| r.charged.is_some())
+        .count();
     println!(
         "PSP: {} requests, {charged} keys charged, {} requests left hanging",
         state.requests, state.hung
@@ -846,7 +873,9 @@ async fn assert_psp_charged_once(pool: &sqlx::PgPool, psp: &FakePsp) {
 async fn assert_ledger_reconciled(node: &NodeProcess, pool: &sqlx::PgPool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let checks = paynode::cli::reconcile::checks(pool, 300).await.expect("reconcile");
+        let checks = paynode::cli::reconcile::checks(pool, 300)
+            .await
+            .expect("reconcile");
         let not_one: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM payment_orders o WHERE o.status IN ('SUCCEEDED', 'FAILED')
                AND (SELECT count(*) FROM ledger_recordings r WHERE r.payment_order_id = o.payment_order_id) <> 1",

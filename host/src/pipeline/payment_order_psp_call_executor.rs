@@ -375,7 +375,12 @@ impl PaymentOrderPspCallExecutor {
     fn enter_round(&self, round: &[&(usize, Item)]) -> InRound<'_> {
         let attempts: Vec<(Uuid, i32)> = round
             .iter()
-            .map(|(_, item)| (item.request.order.payment_order_id, item.request.attempt as i32))
+            .map(|(_, item)| {
+                (
+                    item.request.order.payment_order_id,
+                    item.request.attempt as i32,
+                )
+            })
             .collect();
         let mut held = self.in_rounds.lock().expect("in_rounds");
         for key in &attempts {
@@ -390,7 +395,8 @@ impl PaymentOrderPspCallExecutor {
     /// Whether a round other than the asking one holds this attempt.
     fn held_by_another_round(&self, order_id: Uuid, attempt: i32) -> bool {
         let held = self.in_rounds.lock().expect("in_rounds");
-        held.get(&(order_id, attempt)).is_some_and(|count| *count > 1)
+        held.get(&(order_id, attempt))
+            .is_some_and(|count| *count > 1)
     }
 
     /// An open claim of another holder: it may be mid-charge, so wait for
