@@ -48,6 +48,10 @@ fn describe() {
     );
     describe_counter!("redis_retry_events_total", "Retry queue events by result");
     describe_counter!("psp_calls_total", "PSP calls by outcome");
+    describe_counter!(
+        "kafka_producer_reinit_total",
+        "Transactional producers replaced after they became unusable (fatal, fenced)"
+    );
     describe_histogram!(
         "psp_call_latency_seconds",
         "PSP call latency, status checks included"
@@ -140,6 +144,10 @@ pub fn component_active(slot: &'static str, sha256: &str, name: &str, version: &
 pub fn psp_call(result: &'static str, started: Instant) {
     counter!("psp_calls_total", "result" => result).increment(1);
     histogram!("psp_call_latency_seconds").record(started.elapsed().as_secs_f64());
+}
+
+pub fn producer_reinit() {
+    counter!("kafka_producer_reinit_total").increment(1);
 }
 
 pub fn retry_event(result: &'static str) {

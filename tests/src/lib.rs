@@ -382,6 +382,7 @@ pub async fn produce_event(brokers: &str, topic: &str, key: &str, event: &Value)
         .map_err(|(e, _)| e)
         .expect("produce");
 }
+pub mod faults;
 pub mod hostile;
 
 /// The fixture files of a folder of the workspace (e.g.

@@ -9,6 +9,9 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
 
 /// How a transaction ended when it did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -91,5 +94,41 @@ fn abort(producer: &FutureProducer, reason: String) -> TxnError {
             TxnError::Fatal(anyhow::anyhow!("abort after {reason}: {error}"))
         }
         _ => TxnError::Aborted(reason),
+    }
+}
+
+/// A new producer for `transactional_id`, replacing one that became
+/// unusable. A broker that restarted can forget a producer's sequence
+/// numbers (`OUT_OF_ORDER_SEQUENCE_NUMBER` is then fatal for it), so a
+/// worker must not die with its producer: `init_transactions` on the same
+/// id bumps the epoch, fences whatever the old one left open, and the
+/// worker carries on. Retried with backoff while the broker is away;
+/// `None` only at shutdown.
+pub async fn reinit(
+    config: &KafkaConfig,
+    transactional_id: &str,
+    shutdown: &CancellationToken,
+) -> Option<FutureProducer> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (config, id) = (config.clone(), transactional_id.to_string());
+        let made =
+            tokio::task::spawn_blocking(move || super::transactional_producer(&config, &id)).await;
+        match made {
+            Ok(Ok(producer)) => {
+                tracing::warn!(transactional_id, "transactional producer re-initialised");
+                crate::metrics::producer_reinit();
+                return Some(producer);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(transactional_id, error = %format!("{error:#}"), "re-initialising the producer failed; retrying")
+            }
+            Err(error) => tracing::warn!(transactional_id, %error, "producer init task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

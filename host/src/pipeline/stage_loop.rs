@@ -92,12 +92,13 @@ struct InFlight {
 }
 
 /// One worker's Kafka clients. The consumer is rebuilt when a rewind is not
-/// possible; the transactional producer lives as long as the worker.
+/// possible; the transactional producer when it became unusable.
 struct Worker<S: Stage> {
     stage: Arc<S>,
     ctx: PipelineContext,
     group: String,
     input: String,
+    txid: String,
     consumer: Arc<StageConsumer>,
     revoked: Arc<AtomicBool>,
     producer: Arc<FutureProducer>,
@@ -124,6 +125,7 @@ impl<S: Stage> Worker<S> {
             ctx,
             group,
             input,
+            txid,
             producer,
             failpoint,
         })
@@ -136,6 +138,15 @@ impl<S: Stage> Worker<S> {
         self.revoked = consumer.context().revoked();
         self.consumer = Arc::new(consumer);
         Ok(())
+    }
+
+    /// A new transactional producer on the same id (see `transaction::reinit`);
+    /// at shutdown the old one stays (the loop stops before using it).
+    async fn replace_producer(&mut self, shutdown: &CancellationToken) {
+        let kafka = &self.ctx.config.kafka;
+        if let Some(producer) = kafka::transaction::reinit(kafka, &self.txid, shutdown).await {
+            self.producer = Arc::new(producer);
+        }
     }
 
     /// Moves the consumer back to the batch's first records, or rebuilds it.
@@ -204,7 +215,12 @@ impl<S: Stage> Worker<S> {
             }
             Ok(Err(CommitError::Fatal(error))) => {
                 crate::metrics::stage_batch(name, "fatal", records, done.started);
-                Err(error)
+                tracing::error!(stage = name, error = %format!("{error:#}"), "producer unusable; re-initialising it");
+                self.replace_producer(shutdown).await;
+                // Whether the broker kept the transaction is unknown: the
+                // group's committed offsets say where to resume.
+                self.rebuild_consumer()?;
+                Ok(false)
             }
             Err(panicked) => {
                 crate::metrics::stage_batch(name, "fatal", records, done.started);
