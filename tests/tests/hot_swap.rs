@@ -140,7 +140,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
 
     // 1. activate v2 (NOTIFY path)
     let t = Instant::now();
-    plugins::activate(&a.pool, "psp-adapter", &v2, &config, "activate", "test")
+    plugins::activate(&a.pool, "psp-adapter", &v2, &config, None, "activate", "test")
         .await
         .unwrap();
     let switch = wait_switched(&[&a, &b], &v2).await;
@@ -159,6 +159,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
         "psp-adapter",
         &v1,
         &previous.config,
+        None,
         "rollback",
         "test",
     )

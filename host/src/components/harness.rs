@@ -13,15 +13,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::bindings::adapter::paynode::psp_adapter::{http, types as adapter};
+use super::egress_policy::{Egress, EgressPolicy};
+use super::host_imports::HttpPolicy;
 use super::bindings::policy::paynode::retry_policy::types as policy;
 use super::bindings::rules::paynode::posting_rules::types as rules;
 use super::invariants::{check_journals, PostingScope};
 use super::runtime::{CallEnv, CallStats};
+use crate::config::SlotConfig;
 use super::{Loaded, PluginError, Runtime, Slot};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixtureFile {
+    /// The JSON Schema the file follows (`wit/<slot>/fixtures.schema.json`),
+    /// for editors; `plugin test` checks the file against it anyway.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     pub slot: String,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -132,6 +139,11 @@ impl HttpScript {
         }
     }
 
+    /// Records a problem found outside the script (a refused request).
+    pub fn note(&self, problem: String) {
+        self.inner.lock().expect("script lock").problems.push(problem);
+    }
+
     fn finish(&self) -> Vec<String> {
         let mut state = self.inner.lock().expect("script lock");
         let mut problems = std::mem::take(&mut state.problems);
@@ -174,6 +186,37 @@ fn mismatches(expected: &ExpectedRequest, request: &http::Request) -> Vec<String
         }
     }
     problems
+}
+
+/// A harness call environment for `slot`: its limits, and for adapters the
+/// HTTP policy the node would apply, with fake secrets (`fake-<name>`) in
+/// place of real ones. With `policy`, requests it (or the slot's
+/// `deny_hosts`) refuses are refused with the node's error and only the
+/// secrets it binds resolve; without, any URL and any secret name pass.
+pub fn env(slot: &SlotConfig, policy: Option<&EgressPolicy>) -> Result<CallEnv, String> {
+    let mut env = CallEnv::offline(slot, "harness");
+    env.http = Some(match policy {
+        Some(policy) => http_policy(slot, Egress::approved(policy, &slot.deny_hosts)?, policy),
+        None => http_policy(slot, Egress::open(), &EgressPolicy::default()),
+    });
+    Ok(env)
+}
+
+fn http_policy(slot: &SlotConfig, egress: Egress, policy: &EgressPolicy) -> HttpPolicy {
+    let fakes = policy
+        .secrets
+        .iter()
+        .map(|b| (b.name.clone(), format!("fake-{}", b.name).into()))
+        .collect();
+    HttpPolicy {
+        client: super::egress::egress_client(),
+        fake_secrets: egress.bound_names().is_none(),
+        egress: Arc::new(egress),
+        timeout: Duration::from_millis(slot.http_timeout_ms),
+        max_response_bytes: slot.http_max_response_bytes,
+        secrets: Arc::new(fakes),
+        refused: Arc::default(),
+    }
 }
 
 /// Result of one case.
@@ -228,6 +271,39 @@ impl Report {
         let passed = self.cases.iter().filter(|c| c.passed).count();
         let _ = writeln!(out, "{passed}/{} cases passed", self.cases.len());
         out
+    }
+}
+
+/// The JSON Schema of a slot's fixture files, shipped beside its WIT.
+pub fn schema(slot: Slot) -> &'static str {
+    match slot {
+        Slot::PspAdapter => include_str!("../../../wit/psp-adapter/fixtures.schema.json"),
+        Slot::RetryPolicy => include_str!("../../../wit/retry-policy/fixtures.schema.json"),
+        Slot::PostingRules => include_str!("../../../wit/posting-rules/fixtures.schema.json"),
+    }
+}
+
+/// Checks a fixture file against its slot's schema; Err lists every
+/// violation with its JSON path.
+pub fn check_schema(file: &Value) -> Result<(), String> {
+    let slot = file
+        .get("slot")
+        .and_then(Value::as_str)
+        .and_then(Slot::parse)
+        .ok_or("`slot` must be psp-adapter, retry-policy or posting-rules")?;
+    let schema: Value = serde_json::from_str(schema(slot)).expect("shipped schemas parse");
+    let validator = jsonschema::validator_for(&schema).expect("shipped schemas compile");
+    let problems: Vec<String> = validator
+        .iter_errors(file)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "does not follow wit/{slot}/fixtures.schema.json:\n  {}",
+            problems.join("\n  ")
+        ))
     }
 }
 
@@ -409,6 +485,11 @@ async fn call_once(
                 serde_json::from_value(case.input.clone()).map_err(bad_input)?;
             let script = HttpScript::new(&case.http);
             env.script = Some(script.clone());
+            if env.http.is_none() {
+                env.http = self::env(&SlotConfig::default(), None)
+                    .expect("an open harness policy always builds")
+                    .http;
+            }
             let request = input.into_wit();
             let (outcome, stats) = if case.call == "charge" {
                 runtime.charge(loaded, &env, config, &request).await?
@@ -640,6 +721,7 @@ mod tests {
 
     fn file(slot: &str, calls: &[&str]) -> FixtureFile {
         FixtureFile {
+            schema: None,
             slot: slot.into(),
             config: BTreeMap::new(),
             cases: calls
@@ -673,6 +755,18 @@ mod tests {
             check_coverage(Slot::PostingRules, &[file("posting-rules", &["post"])]),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_schema_catches_what_serde_would_let_through() {
+        let mut good = json!({ "slot": "retry-policy", "cases": [{ "name": "n", "call": "decide",
+            "input": { "paymentOrderId": "po", "attempt": 1 }, "expect": { "retryAfter": 10 } }] });
+        assert_eq!(check_schema(&good), Ok(()));
+        good["cases"][0]["expect"] = json!({ "retryAfter": "soon" });
+        let error = check_schema(&good).unwrap_err();
+        assert!(error.contains("/cases/0/expect"), "{error}");
+        good["cases"][0]["call"] = json!("charge");
+        assert!(check_schema(&good).is_err());
     }
 
     #[test]
