@@ -69,7 +69,10 @@ async fn wait_active(node: &TestNode, activation: i64) {
         .active(Slot::PspAdapter)
         .is_ok_and(|a| a.activation_id == activation)
     {
-        assert!(started.elapsed() < Duration::from_secs(15), "node did not switch");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "node did not switch"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -178,9 +181,17 @@ async fn the_egress_policy_travels_with_the_activation() {
     let body = payment_body("order-b-secret", &[("seller-2", 3_000)]);
     let (status, _) = a.post_payment("key-b-secret", &body).await;
     assert_eq!(status, 202);
-    wait_for_attempt(&a, "%secret psp_api_key is not bound to header authorization%").await;
+    wait_for_attempt(
+        &a,
+        "%secret psp_api_key is not bound to header authorization%",
+    )
+    .await;
     assert!(
-        seen_b.lock().unwrap().iter().all(|auth| !auth.contains(SECRET)),
+        seen_b
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|auth| !auth.contains(SECRET)),
         "B saw the secret"
     );
     assert!(seen_b.lock().unwrap().is_empty(), "B was reached");

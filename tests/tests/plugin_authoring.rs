@@ -37,7 +37,8 @@ async fn run(policy: Option<&EgressPolicy>) -> (bool, String) {
 async fn plugin_test_refuses_what_the_node_would_refuse() {
     // The crate's own plugin.toml: the fixtures pass, and they assert the
     // fake key lands in Authorization.
-    let own = EgressPolicy::from_file(&workspace_root().join(TEMPLATE).join("plugin.toml")).unwrap();
+    let own =
+        EgressPolicy::from_file(&workspace_root().join(TEMPLATE).join("plugin.toml")).unwrap();
     let (passed, report) = run(Some(&own)).await;
     assert!(passed, "{report}");
 
@@ -56,7 +57,8 @@ async fn plugin_test_refuses_what_the_node_would_refuse() {
     let (passed, report) = run(Some(&misspelled)).await;
     assert!(!passed, "{report}");
     assert!(
-        report.contains("unknown secret psp_api_key: the egress policy binds no secret of that name"),
+        report
+            .contains("unknown secret psp_api_key: the egress policy binds no secret of that name"),
         "{report}"
     );
 

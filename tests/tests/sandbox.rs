@@ -225,7 +225,10 @@ async fn fake_psp(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
 fn http_policy(allow: Vec<String>, refused: Arc<AtomicU64>) -> HttpPolicy {
     HttpPolicy {
         client: paynode::components::egress::egress_client(),
-        egress: Arc::new(paynode::components::egress_policy::Egress::node_config(&allow, &[])),
+        egress: Arc::new(paynode::components::egress_policy::Egress::node_config(
+            &allow,
+            &[],
+        )),
         timeout: Duration::from_secs(5),
         max_response_bytes: 64 * 1024,
         secrets: Arc::new(

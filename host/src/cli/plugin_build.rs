@@ -18,7 +18,11 @@ fn package_of(dir: &Path) -> anyhow::Result<Package> {
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo metadata")?;
-    anyhow::ensure!(out.status.success(), "cargo metadata failed ({})", out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo metadata failed ({})",
+        out.status
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let manifest = manifest.canonicalize()?;
     let package = meta["packages"]
@@ -55,7 +59,10 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     let cores = guest_build::build_core_modules(&dir, &target_dir, &[package], &toolchain)?;
     let core = std::fs::read(&cores[&name])?;
     let component = guest_build::componentize(&core)?;
-    let path = out.map_or_else(|| dir.join("target").join(format!("{name}.wasm")), Path::to_path_buf);
+    let path = out.map_or_else(
+        || dir.join("target").join(format!("{name}.wasm")),
+        Path::to_path_buf,
+    );
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -22,25 +22,46 @@ macro_rules! repo_file {
 fn template(slot: Slot) -> Files {
     match slot {
         Slot::PspAdapter => vec![
-            ("Cargo.toml", repo_file!("plugins/template-psp-adapter/Cargo.toml")),
-            ("src/lib.rs", repo_file!("plugins/template-psp-adapter/src/lib.rs")),
-            ("plugin.toml", repo_file!("plugins/template-psp-adapter/plugin.toml")),
+            (
+                "Cargo.toml",
+                repo_file!("plugins/template-psp-adapter/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                repo_file!("plugins/template-psp-adapter/src/lib.rs"),
+            ),
+            (
+                "plugin.toml",
+                repo_file!("plugins/template-psp-adapter/plugin.toml"),
+            ),
             (
                 "fixtures/cases.json",
                 repo_file!("plugins/template-psp-adapter/fixtures/cases.json"),
             ),
         ],
         Slot::RetryPolicy => vec![
-            ("Cargo.toml", repo_file!("plugins/template-retry-policy/Cargo.toml")),
-            ("src/lib.rs", repo_file!("plugins/template-retry-policy/src/lib.rs")),
+            (
+                "Cargo.toml",
+                repo_file!("plugins/template-retry-policy/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                repo_file!("plugins/template-retry-policy/src/lib.rs"),
+            ),
             (
                 "fixtures/cases.json",
                 repo_file!("plugins/template-retry-policy/fixtures/cases.json"),
             ),
         ],
         Slot::PostingRules => vec![
-            ("Cargo.toml", repo_file!("plugins/template-posting-rules/Cargo.toml")),
-            ("src/lib.rs", repo_file!("plugins/template-posting-rules/src/lib.rs")),
+            (
+                "Cargo.toml",
+                repo_file!("plugins/template-posting-rules/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                repo_file!("plugins/template-posting-rules/src/lib.rs"),
+            ),
             (
                 "fixtures/cases.json",
                 repo_file!("plugins/template-posting-rules/fixtures/cases.json"),
@@ -53,27 +74,54 @@ fn template(slot: Slot) -> Files {
 fn vendored(slot: Slot) -> Files {
     let mut files = match slot {
         Slot::PspAdapter => vec![
-            ("wit/psp-adapter/adapter.wit", repo_file!("wit/psp-adapter/adapter.wit")),
+            (
+                "wit/psp-adapter/adapter.wit",
+                repo_file!("wit/psp-adapter/adapter.wit"),
+            ),
             (
                 "wit/psp-adapter/fixtures.schema.json",
                 repo_file!("wit/psp-adapter/fixtures.schema.json"),
             ),
-            ("paynode-guest/Cargo.toml", repo_file!("plugins/paynode-guest/Cargo.toml")),
-            ("paynode-guest/src/lib.rs", repo_file!("plugins/paynode-guest/src/lib.rs")),
-            ("paynode-guest/src/json.rs", repo_file!("plugins/paynode-guest/src/json.rs")),
-            ("paynode-guest/src/money.rs", repo_file!("plugins/paynode-guest/src/money.rs")),
-            ("paynode-guest/src/outcome.rs", repo_file!("plugins/paynode-guest/src/outcome.rs")),
-            ("paynode-guest/src/table.rs", repo_file!("plugins/paynode-guest/src/table.rs")),
+            (
+                "paynode-guest/Cargo.toml",
+                repo_file!("plugins/paynode-guest/Cargo.toml"),
+            ),
+            (
+                "paynode-guest/src/lib.rs",
+                repo_file!("plugins/paynode-guest/src/lib.rs"),
+            ),
+            (
+                "paynode-guest/src/json.rs",
+                repo_file!("plugins/paynode-guest/src/json.rs"),
+            ),
+            (
+                "paynode-guest/src/money.rs",
+                repo_file!("plugins/paynode-guest/src/money.rs"),
+            ),
+            (
+                "paynode-guest/src/outcome.rs",
+                repo_file!("plugins/paynode-guest/src/outcome.rs"),
+            ),
+            (
+                "paynode-guest/src/table.rs",
+                repo_file!("plugins/paynode-guest/src/table.rs"),
+            ),
         ],
         Slot::RetryPolicy => vec![
-            ("wit/retry-policy/policy.wit", repo_file!("wit/retry-policy/policy.wit")),
+            (
+                "wit/retry-policy/policy.wit",
+                repo_file!("wit/retry-policy/policy.wit"),
+            ),
             (
                 "wit/retry-policy/fixtures.schema.json",
                 repo_file!("wit/retry-policy/fixtures.schema.json"),
             ),
         ],
         Slot::PostingRules => vec![
-            ("wit/posting-rules/rules.wit", repo_file!("wit/posting-rules/rules.wit")),
+            (
+                "wit/posting-rules/rules.wit",
+                repo_file!("wit/posting-rules/rules.wit"),
+            ),
             (
                 "wit/posting-rules/fixtures.schema.json",
                 repo_file!("wit/posting-rules/fixtures.schema.json"),
@@ -155,7 +203,11 @@ pub fn scaffold(slot: Slot, name: &str, parent: &Path) -> anyhow::Result<(PathBu
         // Inside the repo, templates' `../../` paths need the crate two
         // levels below the root (psp-adapters/NAME, plugins/NAME, ...).
         Some(root) => {
-            let depth = parent.canonicalize()?.strip_prefix(&root)?.components().count();
+            let depth = parent
+                .canonicalize()?
+                .strip_prefix(&root)?
+                .components()
+                .count();
             anyhow::ensure!(
                 depth == 1,
                 "inside the paynode repo a component crate goes one folder below the root (e.g. psp-adapters/); use --dir outside the repo for a crate of its own"

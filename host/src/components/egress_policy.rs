@@ -258,7 +258,9 @@ impl Egress {
             return Ok(());
         }
         if !bindings.iter().any(|(n, _, _)| n == name) {
-            return Err(format!("unknown secret {name}: the egress policy binds no secret of that name"));
+            return Err(format!(
+                "unknown secret {name}: the egress policy binds no secret of that name"
+            ));
         }
         Err(format!(
             "secret {name} is not bound to header {header} of {}://{}:{}",
@@ -305,8 +307,12 @@ mod tests {
         let b = url("https://b.test/v1");
         assert!(egress.check_url(&a).is_ok());
         assert!(egress.check_url(&url("https://c.test/v1")).is_err());
-        assert!(egress.check_secret("psp_api_key", &a, "authorization").is_ok());
-        assert!(egress.check_secret("psp_api_key", &b, "Authorization").is_err());
+        assert!(egress
+            .check_secret("psp_api_key", &a, "authorization")
+            .is_ok());
+        assert!(egress
+            .check_secret("psp_api_key", &b, "Authorization")
+            .is_err());
         assert!(egress.check_secret("psp_api_key", &a, "X-Other").is_err());
         let unknown = egress.check_secret("psp_api_kye", &a, "Authorization");
         assert!(unknown.is_err_and(|e| e.starts_with("unknown secret psp_api_kye")));

@@ -13,14 +13,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::bindings::adapter::paynode::psp_adapter::{http, types as adapter};
-use super::egress_policy::{Egress, EgressPolicy};
-use super::host_imports::HttpPolicy;
 use super::bindings::policy::paynode::retry_policy::types as policy;
 use super::bindings::rules::paynode::posting_rules::types as rules;
+use super::egress_policy::{Egress, EgressPolicy};
+use super::host_imports::HttpPolicy;
 use super::invariants::{check_journals, PostingScope};
 use super::runtime::{CallEnv, CallStats};
-use crate::config::SlotConfig;
 use super::{Loaded, PluginError, Runtime, Slot};
+use crate::config::SlotConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,7 +141,11 @@ impl HttpScript {
 
     /// Records a problem found outside the script (a refused request).
     pub fn note(&self, problem: String) {
-        self.inner.lock().expect("script lock").problems.push(problem);
+        self.inner
+            .lock()
+            .expect("script lock")
+            .problems
+            .push(problem);
     }
 
     fn finish(&self) -> Vec<String> {
@@ -283,20 +287,46 @@ pub fn schema(slot: Slot) -> &'static str {
     }
 }
 
-/// Checks a fixture file against its slot's schema; Err lists every
-/// violation with its JSON path.
+/// Checks what serde's structs leave open against the slot's schema: each
+/// case's `call` is one of the slot's, its `expect` has one of the shapes
+/// the schema lists, a scripted `error` is one the host can give. Err lists
+/// every violation with its JSON path.
 pub fn check_schema(file: &Value) -> Result<(), String> {
     let slot = file
         .get("slot")
         .and_then(Value::as_str)
         .and_then(Slot::parse)
-        .ok_or("`slot` must be psp-adapter, retry-policy or posting-rules")?;
-    let schema: Value = serde_json::from_str(schema(slot)).expect("shipped schemas parse");
-    let validator = jsonschema::validator_for(&schema).expect("shipped schemas compile");
-    let problems: Vec<String> = validator
-        .iter_errors(file)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
+        .ok_or("/slot: must be psp-adapter, retry-policy or posting-rules")?;
+    let mut problems = Vec::new();
+    let cases = file.get("cases").and_then(Value::as_array);
+    for (i, case) in cases.into_iter().flatten().enumerate() {
+        let call = case.get("call").and_then(Value::as_str).unwrap_or("");
+        if !required_calls(slot).contains(&call) {
+            problems.push(format!(
+                "/cases/{i}/call: {call:?} is not a call of the {slot} world"
+            ));
+        }
+        let expect = case.get("expect").cloned().unwrap_or(Value::Null);
+        let shaped = match slot {
+            Slot::PspAdapter => serde_json::from_value::<ExpectedOutcome>(expect).err(),
+            Slot::RetryPolicy => serde_json::from_value::<ExpectedDecision>(expect).err(),
+            Slot::PostingRules => serde_json::from_value::<ExpectedPost>(expect).err(),
+        };
+        if shaped.is_some() {
+            problems.push(format!(
+                "/cases/{i}/expect: not one of the shapes in wit/{slot}/fixtures.schema.json"
+            ));
+        }
+        let exchanges = case.get("http").and_then(Value::as_array);
+        for (j, exchange) in exchanges.into_iter().flatten().enumerate() {
+            let error = exchange.pointer("/respond/error").and_then(Value::as_str);
+            if error.is_some_and(|e| !SCRIPTED_ERRORS.contains(&e)) {
+                problems.push(format!(
+                    "/cases/{i}/http/{j}/respond/error: one of {SCRIPTED_ERRORS:?}"
+                ));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -305,6 +335,77 @@ pub fn check_schema(file: &Value) -> Result<(), String> {
             problems.join("\n  ")
         ))
     }
+}
+
+/// The host's `http-error` variants, as fixtures name them.
+const SCRIPTED_ERRORS: &[&str] = &["timeout", "connect-failed", "refused", "failed-after-send"];
+
+/// `"*"` matches anything; a `pluginError` is expected where the sandbox
+/// must stop the call.
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)] // only the shape is checked
+enum ExpectedOutcome {
+    Any(Wildcard),
+    Succeeded { succeeded: String },
+    Declined { declined: ExpectedFailure },
+    Transient { transient: ExpectedFailure },
+    Unknown { unknown: String },
+    Failed(ExpectedPluginError),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)]
+enum ExpectedDecision {
+    Any(Wildcard),
+    Retry {
+        #[serde(rename = "retryAfter")]
+        retry_after: u64,
+    },
+    GiveUp {
+        #[serde(rename = "giveUp")]
+        give_up: String,
+    },
+    Failed(ExpectedPluginError),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)]
+enum ExpectedPost {
+    Any(Wildcard),
+    Ok { ok: Vec<Value> },
+    Err { err: ExpectedFailure },
+    Failed(ExpectedPluginError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ExpectedFailure {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ExpectedPluginError {
+    #[serde(rename = "pluginError")]
+    plugin_error: String,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Wildcard(WildcardText);
+
+#[derive(Deserialize)]
+enum WildcardText {
+    #[serde(rename = "*")]
+    Star,
 }
 
 /// The calls of a slot's world that fixtures must cover: every export but

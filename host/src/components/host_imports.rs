@@ -315,7 +315,9 @@ impl HttpPolicy {
         match self.secrets.get(name) {
             Some(secret) => Ok(secret.expose_secret().to_string()),
             None if self.fake_secrets => Ok(format!("fake-{name}")),
-            None => Err(format!("unknown secret {name}: not configured on this node")),
+            None => Err(format!(
+                "unknown secret {name}: not configured on this node"
+            )),
         }
     }
 }

@@ -310,12 +310,7 @@ impl PaymentOrderPspCallExecutor {
         let charge = charge_request(&call.order, attempt);
         let adapter = &call.adapter;
         match self
-            .call_psp(
-                adapter,
-                &charge,
-                may_have_charged,
-                trace_id,
-            )
+            .call_psp(adapter, &charge, may_have_charged, trace_id)
             .await
         {
             Ok((outcome, settled, calls)) => {

@@ -33,7 +33,11 @@ pub fn post(url: String, mut headers: Vec<(String, String)>, body: &impl Seriali
 
 /// `POST url` with an `application/x-www-form-urlencoded` body; keys are
 /// sent as written, values encoded.
-pub fn post_form(url: String, mut headers: Vec<(String, String)>, fields: &[(&str, String)]) -> Request {
+pub fn post_form(
+    url: String,
+    mut headers: Vec<(String, String)>,
+    fields: &[(&str, String)],
+) -> Request {
     headers.push(header("Content-Type", "application/x-www-form-urlencoded"));
     let body = fields
         .iter()
@@ -98,9 +102,17 @@ mod tests {
     fn requests_carry_placeholders_and_encoded_values() {
         assert_eq!(bearer("psp_api_key").1, "Bearer {{secret:psp_api_key}}");
         assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        let r = post_form("u".into(), vec![], &[("a[b]", "x y".into()), ("c", "1".into())]);
+        let r = post_form(
+            "u".into(),
+            vec![],
+            &[("a[b]", "x y".into()), ("c", "1".into())],
+        );
         assert_eq!(r.body, b"a[b]=x%20y&c=1");
-        let r = post("u".into(), vec![bearer("k")], &serde_json::json!({ "n": 1 }));
+        let r = post(
+            "u".into(),
+            vec![bearer("k")],
+            &serde_json::json!({ "n": 1 }),
+        );
         assert_eq!(r.body, br#"{"n":1}"#);
         assert_eq!(r.headers.len(), 2);
     }

@@ -102,8 +102,14 @@ mod tests {
         let code = |_| None;
         let out = |status, codes: &[&str]| TABLE.outcome(status, codes, code, "m".into());
         assert_eq!(out(429, &[]), outcome::transient("rate_limited", "m"));
-        assert_eq!(out(409, &["try_again"]), outcome::transient("http_409", "m"));
-        assert_eq!(out(402, &["card_declined"]), outcome::declined("http_402", "m"));
+        assert_eq!(
+            out(409, &["try_again"]),
+            outcome::transient("http_409", "m")
+        );
+        assert_eq!(
+            out(402, &["card_declined"]),
+            outcome::declined("http_402", "m")
+        );
         assert!(matches!(out(500, &[]), Outcome::Unknown(_)));
         assert!(matches!(out(302, &[]), Outcome::Unknown(_)));
     }

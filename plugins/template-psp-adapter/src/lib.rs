@@ -12,7 +12,9 @@
 
 use paynode_guest::json::{self, bearer, header};
 use paynode_guest::table::{Rule, Table, Verdict};
-use paynode_guest::{money, outcome, ChargeRequest, Guest, Outcome, PluginInfo, Response, Settings};
+use paynode_guest::{
+    money, outcome, ChargeRequest, Guest, Outcome, PluginInfo, Response, Settings,
+};
 use serde::{Deserialize, Serialize};
 
 const API_KEY: &str = "psp_api_key";
@@ -69,7 +71,10 @@ fn charge(config: &[(String, String)], req: &ChargeRequest) -> Outcome {
         amount: req.amount.quantity,
         currency: &req.amount.currency,
     };
-    let headers = vec![bearer(API_KEY), header("Idempotency-Key", req.idempotency_key.as_str())];
+    let headers = vec![
+        bearer(API_KEY),
+        header("Idempotency-Key", req.idempotency_key.as_str()),
+    ];
     match json::send(&json::post(format!("{base_url}/charges"), headers, &body)) {
         Err(error) => outcome::from_http_error(&error),
         Ok(resp) if !resp.is_success() => map_error(&resp),
@@ -85,7 +90,10 @@ fn status(config: &[(String, String)], req: &ChargeRequest) -> Outcome {
         // The charge may have reached the PSP: never a refusal here.
         Err(message) => return outcome::unknown(message),
     };
-    let url = format!("{base_url}/charges?reference={}", json::encode(&req.idempotency_key));
+    let url = format!(
+        "{base_url}/charges?reference={}",
+        json::encode(&req.idempotency_key)
+    );
     match json::send(&json::get(url, vec![bearer(API_KEY)])) {
         Err(error) => outcome::from_status_http_error(&error),
         Ok(resp) if !resp.is_success() => map_error(&resp),

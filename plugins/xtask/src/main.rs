@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use serde::{Deserialize, Serialize};
 use guest_build::{cargo_bin, Package, Toolchain};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const SLOTS: [&str; 3] = ["psp-adapter", "retry-policy", "posting-rules"];

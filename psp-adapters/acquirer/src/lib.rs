@@ -1,26 +1,18 @@
 //! PSP adapter for the "acquirer" JSON API, written from the template.
-//!
-//! - `charge`: `POST {base-url}/v2/payments` with the merchant account, the
-//!   host's idempotency key as `merchantReference` and `Idempotency-Key`,
-//!   and the amount as a decimal string in the currency's exponent. The API
-//!   key goes in `X-Api-Key` as `{{secret:acquirer_api_key}}`.
-//! - `status`: `GET {base-url}/v2/payments?merchantReference=<key>`; the
-//!   acquirer documents this search as authoritative, so an empty list
-//!   means it never charged.
-//!
-//! Config: `base-url`, `merchant-account` (both required).
+//! `charge`: `POST /v2/payments` (idempotency key as `merchantReference`,
+//! decimal amount, API key in `X-Api-Key`); `status`: search by reference,
+//! authoritative: an empty list means never charged. Config: `base-url`,
+//! `merchant-account`.
 
 use paynode_guest::json::{self, header};
 use paynode_guest::table::{Rule, Table, Verdict};
 use paynode_guest::{money, outcome, ChargeRequest, Guest, HttpError, Outcome, PluginInfo};
 use paynode_guest::{Request, Response, Settings};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 const API_KEY: &str = "{{secret:acquirer_api_key}}";
 
-/// Error answers the acquirer documents; anything else (500, 502, 504,
-/// 3xx...) is `unknown`: it may have processed the payment.
+/// Documented errors; any other (500, 504, 3xx...) may hide a charge: `unknown`.
 const ERRORS: Table = Table(&[
     Rule::new(401..=403, Verdict::Declined).default_code("unauthorized"),
     Rule::new(409..=409, Verdict::Transient).codes(&["request_in_flight"]),
@@ -43,15 +35,12 @@ struct Amount<'a> {
     currency: &'a str,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
 struct Payment {
-    #[serde(default)]
     psp_reference: String,
     result_code: String,
-    #[serde(default)]
     refusal_reason_code: String,
-    #[serde(default)]
     refusal_reason: String,
 }
 
@@ -62,12 +51,12 @@ struct ApiError {
     message: String,
 }
 
-fn map_payment(p: &Payment) -> Outcome {
+fn map_payment(p: Payment) -> Outcome {
     match p.result_code.as_str() {
-        "Authorised" if !p.psp_reference.is_empty() => outcome::succeeded(&p.psp_reference),
+        "Authorised" if !p.psp_reference.is_empty() => outcome::succeeded(p.psp_reference),
         "Refused" | "Cancelled" => {
-            let code = if p.refusal_reason_code.is_empty() { &p.result_code } else { &p.refusal_reason_code };
-            outcome::declined(code, &p.refusal_reason)
+            let code = Some(p.refusal_reason_code).filter(|c| !c.is_empty());
+            outcome::declined(code.unwrap_or(p.result_code), p.refusal_reason)
         }
         other => outcome::unknown(format!("payment {} is {other}", p.psp_reference)),
     }
@@ -76,7 +65,8 @@ fn map_payment(p: &Payment) -> Outcome {
 fn map_error(resp: &Response) -> Outcome {
     let error: ApiError = resp.json().unwrap_or_default();
     let code = Some(error.error_code.clone()).filter(|c| !c.is_empty());
-    let message = if error.message.is_empty() { format!("HTTP {}", resp.status) } else { error.message };
+    let message = Some(error.message).filter(|m| !m.is_empty());
+    let message = message.unwrap_or_else(|| format!("HTTP {}", resp.status));
     ERRORS.outcome(resp.status, &[error.error_code.as_str()], |_| code, message)
 }
 
@@ -89,7 +79,9 @@ fn exchange<T: DeserializeOwned>(
     match json::send(request) {
         Err(error) => failed(&error),
         Ok(resp) if !resp.is_success() => map_error(&resp),
-        Ok(resp) => resp.json::<T>().map_or_else(|| outcome::unknown("unreadable answer"), map),
+        Ok(resp) => resp
+            .json::<T>()
+            .map_or_else(|| outcome::unknown("unreadable answer"), map),
     }
 }
 
@@ -99,14 +91,20 @@ fn charge(config: &[(String, String)], req: &ChargeRequest) -> Result<Outcome, S
     let body = PaymentBody {
         merchant_account: settings.require("merchant-account")?,
         merchant_reference: &req.idempotency_key,
-        amount: Amount { value: money::decimal(&req.amount), currency: &req.amount.currency },
+        amount: Amount {
+            value: money::decimal(&req.amount),
+            currency: &req.amount.currency,
+        },
     };
     if let Err(refused) = money::check(&req.amount) {
         return Ok(refused);
     }
-    let headers = vec![header("X-Api-Key", API_KEY), header("Idempotency-Key", req.idempotency_key.as_str())];
+    let headers = vec![
+        header("X-Api-Key", API_KEY),
+        header("Idempotency-Key", req.idempotency_key.as_str()),
+    ];
     let request = json::post(format!("{base_url}/v2/payments"), headers, &body);
-    Ok(exchange(&request, outcome::from_http_error, |p: Payment| map_payment(&p)))
+    Ok(exchange(&request, outcome::from_http_error, map_payment))
 }
 
 #[derive(Deserialize)]
@@ -119,17 +117,24 @@ fn status(config: &[(String, String)], req: &ChargeRequest) -> Result<Outcome, S
     let reference = json::encode(&req.idempotency_key);
     let url = format!("{base_url}/v2/payments?merchantReference={reference}");
     let request = json::get(url, vec![header("X-Api-Key", API_KEY)]);
-    Ok(exchange(&request, outcome::from_status_http_error, |found: Search| match found.payments.first() {
-        Some(payment) => map_payment(payment),
-        None => outcome::never_charged("the acquirer has no payment with this reference"),
-    }))
+    Ok(exchange(
+        &request,
+        outcome::from_status_http_error,
+        |found: Search| match found.payments.into_iter().next() {
+            Some(payment) => map_payment(payment),
+            None => outcome::never_charged("the acquirer has no payment with this reference"),
+        },
+    ))
 }
 
 struct Acquirer;
 
 impl Guest for Acquirer {
     fn info() -> PluginInfo {
-        PluginInfo { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() }
+        PluginInfo {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
     }
 
     fn charge(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {

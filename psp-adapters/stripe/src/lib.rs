@@ -26,27 +26,42 @@ pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_visa";
 
 /// The charge request, or the outcome when nothing may be sent (nothing
 /// left the node, so refusing is safe).
-pub fn charge_request(config: &[(String, String)], req: &ChargeRequest) -> Result<Request, Outcome> {
+pub fn charge_request(
+    config: &[(String, String)],
+    req: &ChargeRequest,
+) -> Result<Request, Outcome> {
     let settings = Settings(config);
     let base_url = settings
         .base_url("base-url")
         .map_err(|m| outcome::declined("invalid_config", m))?;
     money::check(&req.amount)?;
     if req.idempotency_key.is_empty() {
-        return Err(outcome::declined("invalid_request", "missing idempotency key"));
+        return Err(outcome::declined(
+            "invalid_request",
+            "missing idempotency key",
+        ));
     }
-    let method = settings.get("payment-method").unwrap_or(DEFAULT_PAYMENT_METHOD);
+    let method = settings
+        .get("payment-method")
+        .unwrap_or(DEFAULT_PAYMENT_METHOD);
     let headers = vec![
         bearer(API_KEY),
         header("Idempotency-Key", req.idempotency_key.as_str()),
     ];
     let url = format!("{base_url}/v1/payment_intents");
-    Ok(json::post_form(url, headers, &mapping::charge_fields(req, method)))
+    Ok(json::post_form(
+        url,
+        headers,
+        &mapping::charge_fields(req, method),
+    ))
 }
 
 /// The status (search) request. A config error here is `unknown`: the
 /// earlier charge may have reached the PSP.
-pub fn status_request(config: &[(String, String)], req: &ChargeRequest) -> Result<Request, Outcome> {
+pub fn status_request(
+    config: &[(String, String)],
+    req: &ChargeRequest,
+) -> Result<Request, Outcome> {
     let base_url = Settings(config)
         .base_url("base-url")
         .map_err(|m| outcome::unknown(format!("cannot query the PSP: {m}")))?;
@@ -86,12 +101,22 @@ impl Guest for Stripe {
 
     fn charge(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {
         let http_request = charge_request(&config, &request);
-        exchange("charge", &request, http_request, mapping::map_charge_response)
+        exchange(
+            "charge",
+            &request,
+            http_request,
+            mapping::map_charge_response,
+        )
     }
 
     fn status(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {
         let http_request = status_request(&config, &request);
-        exchange("status", &request, http_request, mapping::map_search_response)
+        exchange(
+            "status",
+            &request,
+            http_request,
+            mapping::map_search_response,
+        )
     }
 }
 
@@ -103,7 +128,10 @@ mod tests {
     use paynode_guest::Money;
 
     fn cfg(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn req(quantity: i64, currency: &str) -> ChargeRequest {
@@ -122,18 +150,26 @@ mod tests {
 
     #[test]
     fn charge_request_shape() {
-        let r = charge_request(&cfg(&[("base-url", "http://psp.test/")]), &req(1000, "EUR")).unwrap();
+        let r =
+            charge_request(&cfg(&[("base-url", "http://psp.test/")]), &req(1000, "EUR")).unwrap();
         assert_eq!(r.method, "POST");
         assert_eq!(r.url, "http://psp.test/v1/payment_intents");
-        assert!(r.headers.contains(&("Authorization".into(), "Bearer {{secret:psp_api_key}}".into())));
-        assert!(r.headers.contains(&("Idempotency-Key".into(), "k-1".into())));
+        assert!(r.headers.contains(&(
+            "Authorization".into(),
+            "Bearer {{secret:psp_api_key}}".into()
+        )));
+        assert!(r
+            .headers
+            .contains(&("Idempotency-Key".into(), "k-1".into())));
         assert_eq!(
             String::from_utf8(r.body).unwrap(),
             "amount=1000&currency=eur&confirm=true&payment_method=pm_card_visa&metadata[payment_order_id]=po-1&metadata[paynode_key]=k-1"
         );
         let custom = cfg(&[("base-url", "http://psp.test"), ("payment-method", "pm_x")]);
         let r = charge_request(&custom, &req(5, "usd")).unwrap();
-        assert!(String::from_utf8(r.body).unwrap().contains("payment_method=pm_x"));
+        assert!(String::from_utf8(r.body)
+            .unwrap()
+            .contains("payment_method=pm_x"));
     }
 
     #[test]
@@ -145,10 +181,22 @@ mod tests {
         let good = cfg(&[("base-url", "http://psp.test")]);
         assert_eq!(code(charge_request(&[], &req(1, "EUR"))), "invalid_config");
         let bad_url = cfg(&[("base-url", "psp.test")]);
-        assert_eq!(code(charge_request(&bad_url, &req(1, "EUR"))), "invalid_config");
-        assert_eq!(code(charge_request(&good, &req(0, "EUR"))), "invalid_amount");
-        assert_eq!(code(charge_request(&good, &req(-5, "EUR"))), "invalid_amount");
-        assert_eq!(code(charge_request(&good, &req(1, "EURO"))), "invalid_currency");
+        assert_eq!(
+            code(charge_request(&bad_url, &req(1, "EUR"))),
+            "invalid_config"
+        );
+        assert_eq!(
+            code(charge_request(&good, &req(0, "EUR"))),
+            "invalid_amount"
+        );
+        assert_eq!(
+            code(charge_request(&good, &req(-5, "EUR"))),
+            "invalid_amount"
+        );
+        assert_eq!(
+            code(charge_request(&good, &req(1, "EURO"))),
+            "invalid_currency"
+        );
     }
 
     #[test]
@@ -161,6 +209,9 @@ mod tests {
         );
         assert_eq!(r.headers, vec![bearer(API_KEY)]);
         assert!(r.body.is_empty());
-        assert!(matches!(status_request(&[], &req(1, "EUR")), Err(Outcome::Unknown(_))));
+        assert!(matches!(
+            status_request(&[], &req(1, "EUR")),
+            Err(Outcome::Unknown(_))
+        ));
     }
 }

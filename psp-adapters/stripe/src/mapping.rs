@@ -124,7 +124,10 @@ pub fn map_error_status(status: u16, body: &[u8]) -> Outcome {
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {status} from PSP"));
     let code = non_empty(&err.code).or(non_empty(&err.kind));
-    let codes: Vec<&str> = [&err.kind, &err.code].into_iter().filter_map(non_empty).collect();
+    let codes: Vec<&str> = [&err.kind, &err.code]
+        .into_iter()
+        .filter_map(non_empty)
+        .collect();
     let code_for = |verdict| match verdict {
         Verdict::Declined => non_empty(&err.decline_code).or(code).map(str::to_string),
         _ => code.map(str::to_string),
@@ -194,16 +197,34 @@ mod tests {
     fn intents() {
         let ok = r#"{"id":"pi_123","object":"payment_intent","status":"succeeded"}"#;
         assert_eq!(charge(200, ok), Outcome::Succeeded("pi_123".into()));
-        assert!(matches!(charge(200, r#"{"status":"succeeded"}"#), Outcome::Unknown(_)));
+        assert!(matches!(
+            charge(200, r#"{"status":"succeeded"}"#),
+            Outcome::Unknown(_)
+        ));
         let funds = r#"{"id":"pi_1","status":"requires_payment_method","last_payment_error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","message":"Your card has insufficient funds."}}"#;
-        assert_eq!(charge(200, funds), declined("insufficient_funds", "Your card has insufficient funds."));
+        assert_eq!(
+            charge(200, funds),
+            declined("insufficient_funds", "Your card has insufficient funds.")
+        );
         let expired = r#"{"id":"pi_1","status":"requires_payment_method","last_payment_error":{"code":"expired_card","message":"Expired."}}"#;
         assert_eq!(charge(200, expired), declined("expired_card", "Expired."));
         let canceled = r#"{"id":"pi_2","status":"canceled","last_payment_error":null}"#;
-        assert_eq!(charge(200, canceled), declined("canceled", "payment intent pi_2 is canceled"));
-        for s in ["processing", "requires_action", "requires_confirmation", "requires_capture", "new"] {
+        assert_eq!(
+            charge(200, canceled),
+            declined("canceled", "payment intent pi_2 is canceled")
+        );
+        for s in [
+            "processing",
+            "requires_action",
+            "requires_confirmation",
+            "requires_capture",
+            "new",
+        ] {
             let body = format!(r#"{{"id":"pi_9","status":"{s}"}}"#);
-            assert!(matches!(charge(200, &body), Outcome::Unknown(m) if m.contains(s)), "{s}");
+            assert!(
+                matches!(charge(200, &body), Outcome::Unknown(m) if m.contains(s)),
+                "{s}"
+            );
         }
         for body in ["", "not json", "{}", r#"{"status": 5}"#] {
             assert!(matches!(charge(200, body), Outcome::Unknown(_)));
@@ -213,32 +234,56 @@ mod tests {
     #[test]
     fn error_statuses() {
         let card = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined."}}"#;
-        assert_eq!(charge(402, card), declined("generic_decline", "Your card was declined."));
+        assert_eq!(
+            charge(402, card),
+            declined("generic_decline", "Your card was declined.")
+        );
         let key = r#"{"error":{"type":"invalid_request_error","message":"Invalid API Key"}}"#;
-        assert_eq!(charge(401, key), declined("invalid_request_error", "Invalid API Key"));
-        assert_eq!(charge(404, "nope"), declined("http_404", "HTTP 404 from PSP"));
-        assert_eq!(charge(429, ""), transient("rate_limit_error", "HTTP 429 from PSP"));
-        assert_eq!(charge(500, "<html>"), transient("http_500", "HTTP 500 from PSP"));
+        assert_eq!(
+            charge(401, key),
+            declined("invalid_request_error", "Invalid API Key")
+        );
+        assert_eq!(
+            charge(404, "nope"),
+            declined("http_404", "HTTP 404 from PSP")
+        );
+        assert_eq!(
+            charge(429, ""),
+            transient("rate_limit_error", "HTTP 429 from PSP")
+        );
+        assert_eq!(
+            charge(500, "<html>"),
+            transient("http_500", "HTTP 500 from PSP")
+        );
         let down = r#"{"error":{"type":"api_error","message":"Service down"}}"#;
         assert_eq!(charge(503, down), transient("api_error", "Service down"));
         for t in TRANSIENT_ERRORS {
             let body = format!(r#"{{"error":{{"type":"{t}","message":"m"}}}}"#);
             assert_eq!(charge(400, &body), transient(*t, "m"));
-            let body = format!(r#"{{"error":{{"type":"invalid_request_error","code":"{t}","message":"m"}}}}"#);
+            let body = format!(
+                r#"{{"error":{{"type":"invalid_request_error","code":"{t}","message":"m"}}}}"#
+            );
             assert_eq!(charge(409, &body), transient(*t, "m"));
         }
         let in_use = r#"{"error":{"type":"idempotency_error","code":"idempotency_key_in_use","message":"m"}}"#;
-        assert_eq!(charge(400, in_use), transient("idempotency_key_in_use", "m"));
+        assert_eq!(
+            charge(400, in_use),
+            transient("idempotency_key_in_use", "m")
+        );
         assert!(matches!(charge(302, ""), Outcome::Unknown(_)));
     }
 
     #[test]
     fn search_answers() {
         let search = |status, body: &str| map_search_response(&resp(status, body));
-        let found = r#"{"data":[{"id":"pi_7","status":"succeeded"},{"id":"pi_8","status":"canceled"}]}"#;
+        let found =
+            r#"{"data":[{"id":"pi_7","status":"succeeded"},{"id":"pi_8","status":"canceled"}]}"#;
         assert_eq!(search(200, found), Outcome::Succeeded("pi_7".into()));
         let empty = r#"{"object":"search_result","data":[]}"#;
-        let none = transient("not_found", "no payment intent carries this idempotency key");
+        let none = transient(
+            "not_found",
+            "no payment intent carries this idempotency key",
+        );
         assert_eq!(search(200, empty), none);
         assert!(matches!(search(200, "{}"), Outcome::Unknown(_)));
         assert_eq!(search(500, ""), transient("http_500", "HTTP 500 from PSP"));
