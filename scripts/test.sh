@@ -26,11 +26,20 @@ for dir in psp-adapters/* plugins/* ledger-rules/*; do
   "$paynode_bin" plugin test "target/components/$name.wasm" "$dir/fixtures"
 done
 
+echo "== an adapter crate outside the clone (plugin new --dir, plugin build, plugin test)"
+outside=$(mktemp -d)
+trap 'rm -rf "$outside"' EXIT
+"$paynode_bin" plugin new psp-adapter psp-outside --dir "$outside"
+# Its guest build dir is cached between runs, apart from the workspace's.
+PAYNODE_GUEST_TARGET_DIR="$HOME/.cache/paynode/guest-target-outside" \
+  "$paynode_bin" plugin build "$outside/psp-outside"
+"$paynode_bin" plugin test "$outside/psp-outside/target/psp-outside.wasm" "$outside/psp-outside/fixtures"
+
 echo "== tests"
 cargo test
 # The reference components' pure logic, natively (the same code the
 # fixtures above exercise as components).
-cargo test -q -p psp-simulator -p psp-stripe -p retry-equal-jitter -p ledger-marketplace
+cargo test -q -p paynode-guest -p psp-simulator -p psp-stripe -p retry-equal-jitter -p ledger-marketplace
 
 # The integration suite again on noida-db, which hides records of aborted
 # transactions from read_committed readers as Kafka does: there the

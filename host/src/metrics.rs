@@ -86,6 +86,10 @@ fn describe() {
     );
     describe_gauge!("component_active_info", "1 for the active version per slot");
     describe_counter!(
+        "component_egress_refused_total",
+        "Adapter HTTP requests refused by the egress policy or the host's checks, per plugin"
+    );
+    describe_counter!(
         "payment_orders_requires_review_total",
         "Orders moved to REQUIRES_REVIEW"
     );
@@ -133,6 +137,12 @@ pub fn component_failure(slot: &'static str, class: &'static str) {
 /// rejected (it failed or broke an invariant) or skipped (runtime busy).
 pub fn component_shadow(slot: &'static str, result: &'static str) {
     counter!("component_shadow_total", "slot" => slot, "result" => result).increment(1);
+}
+
+/// An adapter request the host refused before sending it (outside the
+/// activation's egress policy, a secret where it is not bound, ...).
+pub fn egress_refused(plugin: &str) {
+    counter!("component_egress_refused_total", "plugin" => plugin.to_string()).increment(1);
 }
 
 pub fn component_active(slot: &'static str, sha256: &str, name: &str, version: &str) {

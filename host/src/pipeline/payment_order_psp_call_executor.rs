@@ -35,7 +35,7 @@ use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::registry::Active;
-use crate::components::{Loaded, PluginError, Slot};
+use crate::components::{PluginError, Slot};
 use crate::domain::events::{event_type, Envelope, PspCallRequested, PspResultUpdated};
 use crate::domain::payment::{OutcomeKind, PspOutcome, Transition};
 use crate::kafka::{header, topic};
@@ -342,13 +342,7 @@ impl PaymentOrderPspCallExecutor {
         let charge = charge_request(&call.order, attempt);
         let adapter = &call.adapter;
         match self
-            .call_psp(
-                &adapter.loaded,
-                &adapter.config,
-                &charge,
-                may_have_charged,
-                trace_id,
-            )
+            .call_psp(adapter, &charge, may_have_charged, trace_id)
             .await
         {
             Ok((outcome, settled, calls)) => {
@@ -435,14 +429,15 @@ impl PaymentOrderPspCallExecutor {
     /// charged), then asks `status` to settle an unknown outcome.
     async fn call_psp(
         &self,
-        adapter: &Loaded,
-        config: &[(String, String)],
+        active: &Active,
         request: &wit::ChargeRequest,
         may_have_charged: bool,
         trace_id: &str,
     ) -> Result<(PspOutcome, bool, i32), Failure> {
         let runtime = self.ctx.registry.runtime();
-        let env = self.ctx.registry.env(Slot::PspAdapter, trace_id);
+        // The pinned activation's egress policy, whatever is active now.
+        let env = self.ctx.registry.adapter_env(active, trace_id);
+        let (adapter, config) = (&active.loaded, &active.config);
         let mut calls = 0;
         let mut outcome = if may_have_charged {
             wit::Outcome::Unknown("previous call did not record an outcome".into())
