@@ -4,11 +4,14 @@
 # tests, and integration tests on PostgreSQL, Redis and the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One build cache with the run command (scripts/run.sh) and CI (.ci/run).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/paynode/target}"
+export PAYNODE_GUEST_TARGET_DIR="${PAYNODE_GUEST_TARGET_DIR:-$HOME/.cache/paynode/guest-target}"
 
 bash scripts/prereqs.sh
-bash scripts/services.sh test           # nisshi :9094 memory (fast), :9092 durable (crash test); noida-db :9096
+bash scripts/services.sh test           # nisshi :9094 memory (fast), :9095 durable (crash test); noida-db :9096
 export PAYNODE_TEST_BROKERS=127.0.0.1:9094
-export PAYNODE_DURABLE_TEST_BROKERS=127.0.0.1:9092   # crash test
+export PAYNODE_DURABLE_TEST_BROKERS=127.0.0.1:9095   # crash test
 
 echo "== components"
 cargo xtask components
@@ -19,7 +22,7 @@ cargo clippy --all-targets -- -D warnings
 
 echo "== component fixtures (per-plugin harness)"
 cargo build -q -p paynode
-paynode_bin="${CARGO_TARGET_DIR:-target}/debug/paynode"
+paynode_bin="$CARGO_TARGET_DIR/debug/paynode"
 for dir in psp-adapters/* plugins/* ledger-rules/*; do
   [ -d "$dir/fixtures" ] || continue
   name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)
