@@ -29,7 +29,7 @@ pub async fn run(
     let txid =
         ctx.names
             .transactional_id("outbox_dispatcher", &ctx.config.stages.instance_id, worker);
-    let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
+    let producer = kafka::producer_for_this_life(&ctx.config.kafka, &ctx.pool, &txid).await?;
     let poll = Duration::from_millis(ctx.config.outbox.poll_interval_ms);
     let worker_label = worker.to_string();
     let mut last_maintenance: Option<Instant> = None;

@@ -33,7 +33,7 @@ pub async fn run(
         &ctx.config.stages.instance_id,
         worker,
     );
-    let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
+    let producer = kafka::producer_for_this_life(&ctx.config.kafka, &ctx.pool, &txid).await?;
     let poll = Duration::from_millis(ctx.config.retry.poll_interval_ms);
     let mut last_sweep = tokio::time::Instant::now();
     tracing::info!(worker, "retry scheduler started");

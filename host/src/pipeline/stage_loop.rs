@@ -110,7 +110,7 @@ struct Worker<S: Stage> {
 }
 
 impl<S: Stage> Worker<S> {
-    fn new(
+    async fn new(
         stage: Arc<S>,
         ctx: PipelineContext,
         worker: usize,
@@ -120,9 +120,10 @@ impl<S: Stage> Worker<S> {
         let input = names.topic(stage.input_topic());
         let group = names.group(stage.name());
         let txid = names.transactional_id(stage.name(), &ctx.config.stages.instance_id, worker);
-        let producer = Arc::new(kafka::transactional_producer(&ctx.config.kafka, &txid)?);
-        // The member id is the transactional id: both are this worker's
-        // identity across restarts.
+        let producer =
+            Arc::new(kafka::producer_for_this_life(&ctx.config.kafka, &ctx.pool, &txid).await?);
+        // The static member id is the transactional id's stable base: this
+        // worker's identity across restarts.
         let member = txid;
         let consumer = consume::consumer(&ctx, &group, &member, std::slice::from_ref(&input))?;
         Ok(Worker {
@@ -283,7 +284,7 @@ pub async fn run<S: Stage>(
     let kafka = ctx.config.kafka.clone();
     let concurrency = ctx.config.stages.per_batch_concurrency;
     let wait = Duration::from_millis(kafka.batch_max_wait_ms);
-    let mut w = Worker::new(stage.clone(), ctx, worker, failpoint)?;
+    let mut w = Worker::new(stage.clone(), ctx, worker, failpoint).await?;
     tracing::info!(stage = stage.name(), worker, input = %w.input, "stage worker started");
     let mut in_flight: Option<InFlight> = None;
     let mut backoff = Duration::from_millis(100);

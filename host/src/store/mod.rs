@@ -12,6 +12,7 @@ pub mod plugins;
 pub mod reconcile;
 pub mod reviews;
 pub mod status;
+pub mod transactional_ids;
 
 use std::time::Duration;
 
