@@ -53,7 +53,10 @@ fn node_binary() -> Result<PathBuf> {
         .context("bench executable outside a target dir")?;
     let bin = target.join("debug/paynode");
     if !bin.exists() {
-        bail!("{} missing: run `cargo build -p paynode` first", bin.display());
+        bail!(
+            "{} missing: run `cargo build -p paynode` first",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -140,7 +143,13 @@ latency = "off"
 }
 
 /// Posts payment `{buyer}-{i}`; an error unless answered 202.
-async fn post_one(http: &reqwest::Client, base: &str, token: &str, buyer: &str, i: u64) -> Result<()> {
+async fn post_one(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    buyer: &str,
+    i: u64,
+) -> Result<()> {
     let key = format!("{buyer}-{i}");
     let mut body = payment_body(&key, &[(&format!("seller-{}", i % 64), 1000)]);
     body["buyerId"] = buyer.into();
@@ -168,7 +177,12 @@ async fn recorded(pool: &sqlx::PgPool, buyer: &str) -> Result<i64> {
     .await?)
 }
 
-async fn wait_recorded(pool: &sqlx::PgPool, buyer: &str, want: i64, timeout: Duration) -> Result<()> {
+async fn wait_recorded(
+    pool: &sqlx::PgPool,
+    buyer: &str,
+    want: i64,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while recorded(pool, buyer).await? < want {
         if Instant::now() > deadline {
@@ -187,7 +201,12 @@ async fn measure_rate(node: &Node, pool: &sqlx::PgPool, token: &str, count: u64)
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..32 {
-        let (http, base, token, next) = (http.clone(), node.base.clone(), token.to_string(), next.clone());
+        let (http, base, token, next) = (
+            http.clone(),
+            node.base.clone(),
+            token.to_string(),
+            next.clone(),
+        );
         clients.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -206,7 +225,12 @@ async fn measure_rate(node: &Node, pool: &sqlx::PgPool, token: &str, count: u64)
 }
 
 async fn summed_lag(http: &reqwest::Client, base: &str) -> Result<f64> {
-    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("kafka_consumergroup_lag{"))
@@ -216,7 +240,10 @@ async fn summed_lag(http: &reqwest::Client, base: &str) -> Result<f64> {
 
 /// p99 intake → ledger recorded (ms) of the soak's payments, per minute of
 /// their intake.
-async fn p99_per_minute(pool: &sqlx::PgPool, start: chrono::DateTime<chrono::Utc>) -> Result<Vec<(i64, usize, f64)>> {
+async fn p99_per_minute(
+    pool: &sqlx::PgPool,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(i64, usize, f64)>> {
     let rows: Vec<(i64, f64)> = sqlx::query_as(
         "SELECT floor(extract(epoch FROM p.created_at - $1) / 60)::int8,
                 extract(epoch FROM lr.created_at - p.created_at)::float8 * 1000
@@ -231,7 +258,11 @@ async fn p99_per_minute(pool: &sqlx::PgPool, start: chrono::DateTime<chrono::Utc
     let minutes = rows.iter().map(|(m, _)| *m).max().unwrap_or(-1) + 1;
     let mut out = Vec::new();
     for minute in 0..minutes {
-        let mut values: Vec<f64> = rows.iter().filter(|(m, _)| *m == minute).map(|(_, v)| *v).collect();
+        let mut values: Vec<f64> = rows
+            .iter()
+            .filter(|(m, _)| *m == minute)
+            .map(|(_, v)| *v)
+            .collect();
         let n = values.len();
         out.push((minute, n, p99(&mut values)));
     }
@@ -265,8 +296,13 @@ async fn run() -> Result<()> {
     let node = start_node(&config, &dir).await?;
     let pid = node.child.id();
     let pool = sqlx::PgPool::connect(&config.database.url).await?;
-    let token = paynode::api::auth::mint(&config.auth, "soak", &["payment:write".into()], 24 * 3600)?;
-    println!("soak: broker {}, node pid {pid}, logs {}", config.kafka.brokers, dir.display());
+    let token =
+        paynode::api::auth::mint(&config.auth, "soak", &["payment:write".into()], 24 * 3600)?;
+    println!(
+        "soak: broker {}, node pid {pid}, logs {}",
+        config.kafka.brokers,
+        dir.display()
+    );
     println!("RSS after start: {:.1} MB", rss_mb(pid)?);
 
     let rate = measure_rate(&node, &pool, &token, burst).await?;
@@ -276,15 +312,24 @@ async fn run() -> Result<()> {
     let running = Arc::new(AtomicBool::new(true));
     let posted = Arc::new(AtomicU64::new(0));
     let load = {
-        let (running, posted, base, token) = (running.clone(), posted.clone(), node.base.clone(), token.clone());
+        let (running, posted, base, token) = (
+            running.clone(),
+            posted.clone(),
+            node.base.clone(),
+            token.clone(),
+        );
         tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / paced));
             let mut tasks = tokio::task::JoinSet::new();
             let mut i = 0;
             while running.load(Ordering::SeqCst) {
                 tick.tick().await;
-                let (http, base, token, posted) = (http.clone(), base.clone(), token.clone(), posted.clone());
+                let (http, base, token, posted) =
+                    (http.clone(), base.clone(), token.clone(), posted.clone());
                 tasks.spawn(async move {
                     let sent = post_one(&http, &base, &token, "soak", i).await;
                     if sent.is_ok() {
@@ -302,7 +347,8 @@ async fn run() -> Result<()> {
             while tasks.join_next().await.is_some() {}
         })
     };
-    let start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
+    let start: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
     let http = reqwest::Client::new();
     let mut rss = Vec::new();
     println!("minute | RSS MB | lag (summed) | posted | recorded");
@@ -312,7 +358,10 @@ async fn run() -> Result<()> {
         rss.push(mb);
         let lag = summed_lag(&http, &node.base).await.unwrap_or(f64::NAN);
         let done = recorded(&pool, "soak").await?;
-        println!("{minute:>6} | {mb:>6.1} | {lag:>12.0} | {:>6} | {done:>8}", posted.load(Ordering::Relaxed));
+        println!(
+            "{minute:>6} | {mb:>6.1} | {lag:>12.0} | {:>6} | {done:>8}",
+            posted.load(Ordering::Relaxed)
+        );
     }
     running.store(false, Ordering::SeqCst);
     load.await?;
@@ -326,7 +375,11 @@ async fn run() -> Result<()> {
     }
     let checks = paynode::cli::reconcile::checks(&pool, 300).await?;
     let breaches: Vec<_> = checks.iter().filter(|c| c.breaches > 0).collect();
-    println!("reconcile: {} checks, {} with breaches {breaches:?}", checks.len(), breaches.len());
+    println!(
+        "reconcile: {} checks, {} with breaches {breaches:?}",
+        checks.len(),
+        breaches.len()
+    );
 
     let (first, last) = (rss[0], *rss.last().unwrap());
     let max = rss.iter().cloned().fold(0.0, f64::max);
@@ -336,9 +389,17 @@ async fn run() -> Result<()> {
         last / first,
         slope(&rss),
     );
-    let full: Vec<_> = per_minute.iter().filter(|(m, _, _)| (*m as u64) < minutes).collect();
+    let full: Vec<_> = per_minute
+        .iter()
+        .filter(|(m, _, _)| (*m as u64) < minutes)
+        .collect();
     if let (Some(a), Some(b)) = (full.first(), full.last()) {
-        println!("p99 intake → ledger: first minute {:.0} ms, last {:.0} ms, ratio {:.2}", a.2, b.2, b.2 / a.2);
+        println!(
+            "p99 intake → ledger: first minute {:.0} ms, last {:.0} ms, ratio {:.2}",
+            a.2,
+            b.2,
+            b.2 / a.2
+        );
     }
     drop(node);
     if !breaches.is_empty() {

@@ -28,7 +28,10 @@ async fn wait_lag(node: &TestNode, group: &str, what: &str, check: impl Fn(f64) 
         if let Some(lag) = lag.filter(|l| check(*l)) {
             return lag;
         }
-        assert!(Instant::now() < deadline, "{group}: lag {lag:?}, wanted {what}");
+        assert!(
+            Instant::now() < deadline,
+            "{group}: lag {lag:?}, wanted {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

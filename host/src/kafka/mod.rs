@@ -167,7 +167,9 @@ pub async fn producer_for_this_life(
         earlier.insert(0, base.to_string());
     }
     for id in &earlier {
-        drop(tokio::task::block_in_place(|| transactional_producer(config, id))?);
+        drop(tokio::task::block_in_place(|| {
+            transactional_producer(config, id)
+        })?);
     }
     transactional_ids::mark_fenced(pool, base, generation - 1)
         .await
