@@ -97,33 +97,30 @@ fn abort(producer: &FutureProducer, reason: String) -> TxnError {
     }
 }
 
-/// A new producer for `transactional_id`, replacing one that became
-/// unusable. A broker that restarted can forget a producer's sequence
-/// numbers (`OUT_OF_ORDER_SEQUENCE_NUMBER` is then fatal for it), so a
-/// worker must not die with its producer: `init_transactions` on the same
-/// id bumps the epoch, fences whatever the old one left open, and the
-/// worker carries on. Retried with backoff while the broker is away;
-/// `None` only at shutdown.
+/// A new producer for the worker whose transactional id's stable base is
+/// `base`, replacing one that became unusable. A broker that restarted can
+/// forget a producer's sequence numbers (`OUT_OF_ORDER_SEQUENCE_NUMBER` is
+/// then fatal for it), so a worker must not die with its producer: it
+/// starts a new life (`producer_for_this_life`: earlier generations fenced,
+/// a new producer id) and carries on. Retried with backoff while the
+/// broker or Postgres is away; `None` only at shutdown.
 pub async fn reinit(
     config: &KafkaConfig,
-    transactional_id: &str,
+    pool: &sqlx::PgPool,
+    base: &str,
     shutdown: &CancellationToken,
 ) -> Option<FutureProducer> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let (config, id) = (config.clone(), transactional_id.to_string());
-        let made =
-            tokio::task::spawn_blocking(move || super::transactional_producer(&config, &id)).await;
-        match made {
-            Ok(Ok(producer)) => {
-                tracing::warn!(transactional_id, "transactional producer re-initialised");
+        match super::producer_for_this_life(config, pool, base).await {
+            Ok(producer) => {
+                tracing::warn!(transactional_id = base, "transactional producer re-initialised");
                 crate::metrics::producer_reinit();
                 return Some(producer);
             }
-            Ok(Err(error)) => {
-                tracing::warn!(transactional_id, error = %format!("{error:#}"), "re-initialising the producer failed; retrying")
+            Err(error) => {
+                tracing::warn!(transactional_id = base, error = %format!("{error:#}"), "re-initialising the producer failed; retrying")
             }
-            Err(error) => tracing::warn!(transactional_id, %error, "producer init task failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,

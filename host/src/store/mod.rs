@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod reconcile_sums;
 pub mod reviews;
 pub mod status;
+pub mod transactional_ids;
 
 use std::time::Duration;
 
