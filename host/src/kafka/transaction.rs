@@ -114,7 +114,10 @@ pub async fn reinit(
     loop {
         match super::producer_for_this_life(config, pool, base).await {
             Ok(producer) => {
-                tracing::warn!(transactional_id = base, "transactional producer re-initialised");
+                tracing::warn!(
+                    transactional_id = base,
+                    "transactional producer re-initialised"
+                );
                 crate::metrics::producer_reinit();
                 return Some(producer);
             }

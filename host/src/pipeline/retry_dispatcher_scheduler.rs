@@ -51,7 +51,8 @@ pub async fn run(
                     // The claimed retries were released (or their lease
                     // runs out); a new producer dispatches them.
                     tracing::error!(error = %format!("{error:#}"), "retry producer unusable; re-initialising it");
-                    match transaction::reinit(&ctx.config.kafka, &ctx.pool, &txid, &shutdown).await {
+                    match transaction::reinit(&ctx.config.kafka, &ctx.pool, &txid, &shutdown).await
+                    {
                         Some(fresh) => producer = fresh,
                         None => break,
                     }

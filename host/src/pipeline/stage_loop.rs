@@ -159,7 +159,8 @@ impl<S: Stage> Worker<S> {
     /// before using it).
     async fn replace_producer(&mut self, shutdown: &CancellationToken) {
         let (kafka, pool) = (&self.ctx.config.kafka, &self.ctx.pool);
-        if let Some(producer) = kafka::transaction::reinit(kafka, pool, &self.txid, shutdown).await {
+        if let Some(producer) = kafka::transaction::reinit(kafka, pool, &self.txid, shutdown).await
+        {
             self.producer = Arc::new(producer);
         }
     }
