@@ -2,8 +2,8 @@
 # Makes sure PostgreSQL (5432), Redis (6379) and the Kafka-protocol broker
 # run on 127.0.0.1, starting only what is missing. Idempotent.
 #
-#   scripts/services.sh up      # broker on 9092, durable (nisshi Postgres storage)
-#   scripts/services.sh test    # nisshi on 9094 (memory, fast) and 9092 (durable),
+#   scripts/services.sh up      # the run command's broker: noida-db on 9092, data kept
+#   scripts/services.sh test    # nisshi on 9094 (memory, fast) and 9095 (durable),
 #                               # noida-db on 9096 (hides aborted records, as Kafka does)
 #   scripts/services.sh down    # stops the brokers this script started
 #   scripts/services.sh status
@@ -80,17 +80,20 @@ ensure_noida_binary() {
     cargo install "noida-db@$NOIDA_VERSION" --locked --no-default-features --features kafka
 }
 
-# noida-db keeps a killed producer's open transaction forever (it never
-# expires one), so each start gets an empty data dir: no test inherits a
-# stuck transaction from an earlier run.
+# noida-db keeps a killed producer's open transaction until the same
+# transactional id initialises again (it never expires one). The test
+# broker therefore starts from an empty data dir each time, so no test
+# inherits a stuck transaction from an earlier run; the run command's broker
+# keeps its data (`keep`): a restarted node re-initialises its stable
+# transactional ids, which ends any transaction its previous life left open.
 start_noida() {
-  local port=$1 name=$2
-  if port_open "$port"; then say "broker :$port running (noida-db)"; return; fi
+  local port=$1 name=$2 data=${3:-fresh}
+  if port_open "$port"; then say "broker :$port running"; return; fi
   ensure_noida_binary
-  say "broker :$port starting (noida-db)"
-  rm -rf "$STATE_DIR/$name-data"
+  say "broker :$port starting (noida-db, $data data dir)"
+  [ "$data" = keep ] || rm -rf "$STATE_DIR/$name-data"
   nohup noida-db start --only kafka --kafka-port "$port" --data-dir "$STATE_DIR/$name-data" \
-    >"$STATE_DIR/$name.log" 2>&1 &
+    >>"$STATE_DIR/$name.log" 2>&1 &
   echo $! >"$STATE_DIR/$name.pid"
   wait_port "$port" "broker $name"
 }
@@ -103,26 +106,32 @@ ensure_broker_db() {
 stop_broker() {
   local name=$1
   if [ -f "$STATE_DIR/$name.pid" ]; then
-    kill "$(cat "$STATE_DIR/$name.pid")" 2>/dev/null && say "stopped $name" || true
+    local pid; pid=$(cat "$STATE_DIR/$name.pid")
+    kill "$pid" 2>/dev/null && say "stopping $name" || true
+    # Wait for it to exit: noida-db writes its data dir on the way out.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$STATE_DIR/$name.pid"
   fi
 }
 
 case "${1:-up}" in
   up)
-    ensure_postgres; ensure_redis; ensure_broker_db
-    # localhost, not 127.0.0.1: nisshi's Postgres client checks TLS names otherwise.
-    start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable ;;
+    # The run command needs no nisshi: noida-db builds in ~2 minutes (nisshi
+    # in ~20) and its ListOffsets answers what the lag metric asks.
+    ensure_postgres; ensure_redis
+    start_noida 9092 broker-run keep ;;
   test)
-    # Memory storage on 9094 for speed; the durable broker on 9092 for the
-    # crash test (the memory engine can lose records of aborted transactions).
+    # Memory storage on 9094 for speed; the durable nisshi on 9095 for the
+    # crash test (the memory engine can lose records of aborted
+    # transactions); noida-db on 9096 for the second pass.
     ensure_postgres; ensure_redis; ensure_broker_db
     start_broker 9094 "memory://nisshi/" broker-test
-    start_broker 9092 "postgres://postgres@localhost/nisshi" broker-durable
+    # localhost, not 127.0.0.1: nisshi's Postgres client checks TLS names otherwise.
+    start_broker 9095 "postgres://postgres@localhost/nisshi" broker-durable
     start_noida 9096 broker-noida ;;
   down)
-    stop_broker broker-durable; stop_broker broker-test; stop_broker broker-noida ;;
+    stop_broker broker-run; stop_broker broker-durable; stop_broker broker-test; stop_broker broker-noida ;;
   status)
-    for p in 5432 6379 9092 9094 9096; do port_open $p && say ":$p up" || say ":$p down"; done ;;
+    for p in 5432 6379 9092 9094 9095 9096; do port_open $p && say ":$p up" || say ":$p down"; done ;;
   *) echo "usage: $0 up|test|down|status" >&2; exit 2 ;;
 esac

@@ -615,7 +615,14 @@ pub struct SlotConfig {
     /// `https://host:port`; plain http only as `http://host:port`. DNS names
     /// leading to internal addresses are refused unless the IP is listed
     /// literally (see `components::egress`).
+    ///
+    /// Only for activations without an approved egress policy (the node's
+    /// own bootstrap, older activations): an activation's policy replaces it.
     pub allow_hosts: Vec<String>,
+    /// The operator's deny-list (same entry format): refused whatever an
+    /// activation's egress policy allows. Config can narrow a policy, never
+    /// widen it.
+    pub deny_hosts: Vec<String>,
     pub http_timeout_ms: u64,
     pub http_max_response_bytes: usize,
     /// Cap on a `delay` request (simulated latency).
@@ -633,6 +640,7 @@ impl Default for SlotConfig {
             memory_bytes: 32 * 1024 * 1024,
             wall_ms: 5_000,
             allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
             http_timeout_ms: 10_000,
             http_max_response_bytes: 1024 * 1024,
             max_delay_ms: 5_000,

@@ -15,6 +15,7 @@
 //!   consume → decide → produce loop they share.
 //! - [`components`]: wasmtime runtime, limits, host imports, registry, harness.
 //! - [`kafka`]: topic names, client settings, topic creation.
+//! - [`health`]: readiness probes of Postgres, the broker and Redis.
 //! - [`node`]: wires everything up for `paynode serve`.
 //! - [`transport`]: plaintext Kafka/Postgres/Redis connections warned about
 //!   or refused (`security.require_tls`).
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod components;
 pub mod config;
 pub mod domain;
+pub mod health;
 pub mod intake;
 pub mod kafka;
 pub mod metrics;

@@ -56,6 +56,10 @@ fn describe() {
         "psp_notifications_total",
         "PSP notifications (webhooks) by result: applied, unchanged, duplicate, contradicted, unknown_subject, bad_signature, malformed"
     );
+    describe_counter!(
+        "kafka_producer_reinit_total",
+        "Transactional producers replaced after they became unusable (fatal, fenced)"
+    );
     describe_histogram!(
         "psp_call_latency_seconds",
         "PSP call latency, status checks included"
@@ -89,6 +93,10 @@ fn describe() {
         "Component failures per slot and class (trap, timeout, resource_limit...)"
     );
     describe_gauge!("component_active_info", "1 for the active version per slot");
+    describe_counter!(
+        "component_egress_refused_total",
+        "Adapter HTTP requests refused by the egress policy or the host's checks, per plugin"
+    );
     describe_counter!(
         "payment_orders_requires_review_total",
         "Orders moved to REQUIRES_REVIEW"
@@ -139,6 +147,12 @@ pub fn component_shadow(slot: &'static str, result: &'static str) {
     counter!("component_shadow_total", "slot" => slot, "result" => result).increment(1);
 }
 
+/// An adapter request the host refused before sending it (outside the
+/// activation's egress policy, a secret where it is not bound, ...).
+pub fn egress_refused(plugin: &str) {
+    counter!("component_egress_refused_total", "plugin" => plugin.to_string()).increment(1);
+}
+
 pub fn component_active(slot: &'static str, sha256: &str, name: &str, version: &str) {
     gauge!("component_active_info", "slot" => slot, "sha256" => sha256.to_string(),
         "name" => name.to_string(), "version" => version.to_string())
@@ -148,6 +162,10 @@ pub fn component_active(slot: &'static str, sha256: &str, name: &str, version: &
 pub fn psp_call(result: &'static str, started: Instant) {
     counter!("psp_calls_total", "result" => result).increment(1);
     histogram!("psp_call_latency_seconds").record(started.elapsed().as_secs_f64());
+}
+
+pub fn producer_reinit() {
+    counter!("kafka_producer_reinit_total").increment(1);
 }
 
 pub fn retry_event(result: &'static str) {

@@ -84,7 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await
         .context("creating Kafka topics")?;
     let redis_client = redis::Client::open(config.redis.url.as_str()).context("redis.url")?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
+    let redis = redis::aio::ConnectionManager::new_with_config(redis_client, redis_reconnect())
         .await
         .context("connecting to Redis")?;
     let names = Names::new(&config.kafka.prefix);
@@ -109,10 +109,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     pipeline::spawn_all(&ctx, &mut tasks, &shutdown);
     tasks.spawn(gauges(ctx.clone(), shutdown.clone()));
 
+    let dependencies =
+        crate::health::Dependencies::new(&config.kafka, &names, pool.clone(), redis.clone())?;
     let ops = api::OpsState {
         pool: pool.clone(),
         metrics,
         registry: registry.clone(),
+        dependencies: dependencies.clone(),
     };
     let ops_addr = serve_ops(&config, ops.clone(), &mut tasks, &shutdown).await?;
     let mut addr = None;
@@ -128,6 +131,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             balance_cache: BalanceCache::new(redis.clone(), &names, pool.clone(), &config.redis),
             // Its writers end after the server below has drained.
             intake: crate::intake::Intake::start(pool.clone(), &config, &mut tasks),
+            dependencies,
         };
         tasks.spawn(crate::intake::retention::run(
             pool.clone(),
@@ -183,6 +187,21 @@ async fn serve_ops(
     Ok(Some(addr))
 }
 
+/// How the Redis connection comes back after Redis restarts. The crate's
+/// defaults hand backon a factor of 100 over a 1 s minimum delay, so the
+/// second reconnect attempt waits a minute and commands hang meanwhile
+/// (measured: no PING answered for 30 s after a restart). Attempts every
+/// second at most instead, each connect and reply bounded; once the
+/// attempts are spent, the next command starts a new round.
+fn redis_reconnect() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_factor(2)
+        .set_max_delay(1_000)
+        .set_number_of_retries(6)
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(5))
+}
+
 /// Component name of the PSP simulator adapter (`psp-adapters/simulator`).
 pub const SIMULATOR_COMPONENT: &str = "psp-simulator";
 
@@ -231,9 +250,14 @@ async fn gauges(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::Re
 
 /// Any key will do as long as every node uses the same one.
 const RECONCILE_LOCK: i64 = 0x7061_796e_6f64_6501;
+/// How far back each round looks past where the last one stopped: a
+/// transaction is stamped when it begins and seen when it commits.
+const RECONCILE_MARGIN_SECS: i64 = 300;
 
 /// One node at a time runs the checks: the one that gets the advisory lock
 /// for this round (the others skip it; their gauges keep the last values).
+/// Rounds are incremental (`store::reconcile::incremental`): their cost
+/// follows the write rate, not the ledger's size.
 async fn reconcile_as_leader(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let mut lock = pool.begin().await?;
     let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -241,11 +265,13 @@ async fn reconcile_as_leader(pool: &sqlx::PgPool) -> anyhow::Result<()> {
         .fetch_one(&mut *lock)
         .await?;
     let result = if leader {
-        store::reconcile::checks(pool, 300).await.map(|checks| {
-            for check in checks {
-                crate::metrics::reconcile_breaches(check.name, check.breaches);
-            }
-        })
+        store::reconcile::incremental(pool, 300, RECONCILE_MARGIN_SECS)
+            .await
+            .map(|checks| {
+                for check in checks {
+                    crate::metrics::reconcile_breaches(check.name, check.breaches);
+                }
+            })
     } else {
         Ok(())
     };
@@ -269,6 +295,8 @@ fn spawn_lag_probe(ctx: &PipelineContext, shutdown: CancellationToken) {
         ),
         ("ledger_recording_consumer", topic::LEDGER_RECORD_REQUEST),
         ("account_balance_consumer", topic::LEDGER_ENTRIES_RECORDED),
+        ("refund_executor", topic::REFUND_REQUESTED),
+        ("refund_ledger_recorder", topic::REFUND_FINALIZED),
     ];
     let kafka = ctx.config.kafka.clone();
     let names = ctx.names.clone();

@@ -47,7 +47,7 @@ pub fn broker_hides_aborted() -> bool {
 
 /// The broker with durable (Postgres) storage, for tests that kill nodes.
 pub fn durable_brokers() -> String {
-    std::env::var("PAYNODE_DURABLE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    std::env::var("PAYNODE_DURABLE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9095".into())
 }
 
 const ADMIN_DB_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -382,6 +382,7 @@ pub async fn produce_event(brokers: &str, topic: &str, key: &str, event: &Value)
         .map_err(|(e, _)| e)
         .expect("produce");
 }
+pub mod faults;
 pub mod hostile;
 
 /// The fixture files of a folder of the workspace (e.g.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use paynode::components::bindings::adapter::paynode::psp_adapter::types as adapter;
+use paynode::components::egress_policy::{Egress, EgressPolicy};
 use paynode::components::host_imports::HttpPolicy;
 use paynode::components::runtime::{CallEnv, Incoming, Limits, RefundRequest, Rejection};
 use paynode::components::{Loaded, PluginError, Runtime, Slot};
@@ -30,10 +31,13 @@ fn env(secrets: &[(&str, &str)]) -> CallEnv {
         limits: Limits::from_slot(&SlotConfig::default()),
         http: Some(HttpPolicy {
             client: reqwest::Client::new(),
-            allow_hosts: Vec::new(),
+            // An approved policy that allows no host: these cases send no
+            // request, and the HMAC import needs only the secrets.
+            egress: Arc::new(Egress::approved(&EgressPolicy::default(), &[]).unwrap()),
             timeout: Duration::from_secs(1),
             max_response_bytes: 1024,
             secrets: Arc::new(secrets),
+            fake_secrets: false,
             refused: Arc::new(AtomicU64::new(0)),
         }),
         script: None,

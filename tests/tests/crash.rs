@@ -137,6 +137,9 @@ async fn wait_ready(base: &str) {
     panic!("node not ready");
 }
 
+/// SIGKILLs of the node under load (issue 10: raised from 5).
+const KILL_ROUNDS: usize = 20;
+
 /// A small seeded PRNG (xorshift) so kill moments are reproducible.
 struct Rng(u64);
 impl Rng {
@@ -273,8 +276,8 @@ psp_api_key = "sk_test_fake"
     };
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    for round in 0..5 {
-        let wait_ms = 1_000 + rng.next() % 2_000;
+    for round in 0..KILL_ROUNDS {
+        let wait_ms = 500 + rng.next() % 1_500;
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         node.child.kill().unwrap(); // SIGKILL
         node.child.wait().unwrap();

@@ -210,6 +210,7 @@ async fn poison_goes_to_its_dlq_parks_the_order_and_replay_completes_it() {
         "psp-adapter",
         &row.sha256,
         &serde_json::json!({}),
+        None,
         "activate",
         "test",
     )
@@ -274,6 +275,7 @@ async fn poison_goes_to_its_dlq_parks_the_order_and_replay_completes_it() {
         "psp-adapter",
         &previous.sha256,
         &previous.config,
+        None,
         "rollback",
         "test",
     )

@@ -140,9 +140,17 @@ async fn activation_and_rollback_reach_every_node_under_load() {
 
     // 1. activate v2 (NOTIFY path)
     let t = Instant::now();
-    plugins::activate(&a.pool, "psp-adapter", &v2, &config, "activate", "test")
-        .await
-        .unwrap();
+    plugins::activate(
+        &a.pool,
+        "psp-adapter",
+        &v2,
+        &config,
+        None,
+        "activate",
+        "test",
+    )
+    .await
+    .unwrap();
     let switch = wait_switched(&[&a, &b], &v2).await;
     println!("activate: all nodes on v2 after {:?} (notify)", switch);
     let after_activate = chrono::Utc::now();
@@ -159,6 +167,7 @@ async fn activation_and_rollback_reach_every_node_under_load() {
         "psp-adapter",
         &v1,
         &previous.config,
+        None,
         "rollback",
         "test",
     )

@@ -87,9 +87,17 @@ async fn wait_retry_scheduled(node: &TestNode, order: Uuid) {
 
 /// Activates `sha` with `config` and waits until this node runs it.
 async fn activate(node: &TestNode, sha: &str, config: serde_json::Value) -> i64 {
-    let activation = plugins::activate(&node.pool, "psp-adapter", sha, &config, "activate", "test")
-        .await
-        .unwrap();
+    let activation = plugins::activate(
+        &node.pool,
+        "psp-adapter",
+        sha,
+        &config,
+        None,
+        "activate",
+        "test",
+    )
+    .await
+    .unwrap();
     let registry = node.node.registry.clone();
     wait_until(
         "activation reaches the node",

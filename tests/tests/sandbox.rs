@@ -225,7 +225,10 @@ async fn fake_psp(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
 fn http_policy(allow: Vec<String>, refused: Arc<AtomicU64>) -> HttpPolicy {
     HttpPolicy {
         client: paynode::components::egress::egress_client(),
-        allow_hosts: allow,
+        egress: Arc::new(paynode::components::egress_policy::Egress::node_config(
+            &allow,
+            &[],
+        )),
         timeout: Duration::from_secs(5),
         max_response_bytes: 64 * 1024,
         secrets: Arc::new(
@@ -233,6 +236,7 @@ fn http_policy(allow: Vec<String>, refused: Arc<AtomicU64>) -> HttpPolicy {
                 .into_iter()
                 .collect(),
         ),
+        fake_secrets: false,
         refused,
     }
 }
@@ -324,6 +328,7 @@ async fn harness_passes_reference_fixtures_and_fails_a_wrong_one_with_a_diff() {
             &component_path(component),
             &workspace_file(fixtures),
             false,
+            None,
         )
         .await
         .unwrap();

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::auth::{role, Principal};
 use super::problem::{ApiError, Json, Problem};
 use super::AppState;
+use crate::components::egress_policy::EgressPolicy;
 use crate::components::harness::FixtureFile;
 use crate::components::registry::{ActivateError, PushError};
 use crate::components::Slot;
@@ -164,6 +165,12 @@ pub struct ActivatePlugin {
     /// Guest configuration for this activation (no NUL characters).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Where the adapter's requests may go and which secret may be injected
+    /// into which headers of requests to which entry. It travels with the
+    /// activation; the node's `deny_hosts` can only narrow it. Omitted: the
+    /// slot's `allow_hosts` from node config apply.
+    #[serde(default)]
+    pub egress: Option<EgressPolicy>,
 }
 
 /// Make a stored version the active one of its slot on every node, once the
@@ -173,7 +180,7 @@ pub struct ActivatePlugin {
     params(("slot" = String, Path, pattern = "^(psp-adapter|retry-policy|posting-rules)$",
         description = "psp-adapter, retry-policy or posting-rules")),
     responses((status = 200, description = "Activated", body = Activation),
-        (status = 400, description = "Invalid JSON, unknown slot, sha256 not 64 lower-case hex digits, or NUL in config", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid JSON, unknown slot, sha256 not 64 lower-case hex digits, NUL in config, or an egress policy the host cannot enforce", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing role ADMIN, or the uploader activating with plugins.require_approval on", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No stored version of this slot with that sha256", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The version has no stored fixtures, or they fail now", body = Problem, content_type = "application/problem+json")),
@@ -207,9 +214,22 @@ pub async fn activate_plugin(
         return Err(ApiError::validation("config must not contain NUL"));
     }
     let config = serde_json::to_value(&body.config).expect("serializes");
+    // Entries, names and headers are checked character by character, so
+    // a NUL never reaches jsonb.
+    if let Some(policy) = &body.egress {
+        policy
+            .check()
+            .map_err(|e| ApiError::validation(format!("egress policy: {e}")))?;
+    }
     let activation = state
         .registry
-        .activate(slot, &body.sha256, &config, &principal.subject)
+        .activate(
+            slot,
+            &body.sha256,
+            &config,
+            body.egress.as_ref(),
+            &principal.subject,
+        )
         .await
         .map_err(activate_error)?;
     Ok(axum::Json(activation))
@@ -224,6 +244,7 @@ fn activate_error(error: ActivateError) -> ApiError {
         ActivateError::NeedsApproval(detail) => {
             ApiError::new(StatusCode::FORBIDDEN, "approval-required", detail)
         }
+        ActivateError::BadPolicy(_) => ApiError::validation(error.to_string()),
         ActivateError::NoFixtures(_) => refused("no-fixtures", error.to_string()),
         ActivateError::FixturesFailed(_) => refused("fixtures-failed", error.to_string()),
         ActivateError::Refused(_) => refused("component-refused", error.to_string()),
@@ -257,6 +278,7 @@ pub async fn rollback_plugin(
         slot.as_str(),
         &previous.sha256,
         &previous.config,
+        previous.egress.as_ref(),
         "rollback",
         &principal.subject,
     )

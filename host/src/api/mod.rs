@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use crate::balance_cache::BalanceCache;
 use crate::components::registry::Registry;
 use crate::config::Config;
+use crate::health::Dependencies;
 use auth::Authenticator;
 use problem::ApiError;
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub balance_cache: BalanceCache,
     /// Group commit for `POST /api/v1/payments`.
     pub intake: crate::intake::Intake,
+    pub dependencies: Dependencies,
 }
 
 /// What the operations endpoints need; a part of [`AppState`] too, so the
@@ -49,6 +51,7 @@ pub struct OpsState {
     pub pool: PgPool,
     pub metrics: PrometheusHandle,
     pub registry: Arc<Registry>,
+    pub dependencies: Dependencies,
 }
 
 impl FromRef<AppState> for OpsState {
@@ -57,6 +60,7 @@ impl FromRef<AppState> for OpsState {
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
             registry: state.registry.clone(),
+            dependencies: state.dependencies.clone(),
         }
     }
 }
@@ -134,30 +138,32 @@ async fn metrics(State(state): State<OpsState>) -> String {
     state.metrics.render()
 }
 
-/// Whether the database answers and every slot has a component.
-async fn readiness(state: &OpsState) -> (bool, bool) {
-    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+/// Whether Postgres, the broker and Redis answer now and every slot has a
+/// component.
+async fn readiness(state: &OpsState) -> (bool, String) {
+    let deps = state.dependencies.check().await;
     let components = state.registry.snapshot().len() == 3;
-    (db, components)
+    let detail = format!(
+        "database: {}, broker: {}, redis: {}, components loaded: {components}",
+        deps.database, deps.broker, deps.redis
+    );
+    (deps.all_up() && components, detail)
 }
 
 async fn ready(State(state): State<OpsState>) -> Response {
     match readiness(&state).await {
-        (true, true) => "ready".into_response(),
-        (db, components) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            format!("database: {db}, components loaded: {components}"),
-        )
-        .into_response(),
+        (true, _) => "ready".into_response(),
+        (false, detail) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail).into_response()
+        }
     }
 }
 
 /// Readiness on the public listener when an ops listener has the details.
 async fn ready_brief(State(state): State<OpsState>) -> Response {
     match readiness(&state).await {
-        (true, true) => "ready".into_response(),
-        _ => {
+        (true, _) => "ready".into_response(),
+        (false, _) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "not ready").into_response()
         }
     }

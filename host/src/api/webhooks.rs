@@ -81,7 +81,8 @@ pub async fn receive(
             .collect(),
         body: body.to_vec(),
     };
-    let env = state.registry.env(Slot::PspAdapter, "webhook");
+    // Under the active activation's own egress policy.
+    let env = state.registry.adapter_env(&active, "webhook");
     let parsed = state
         .registry
         .runtime()

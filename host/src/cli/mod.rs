@@ -3,6 +3,8 @@
 pub mod demo;
 pub mod dlq;
 pub mod plugin;
+pub mod plugin_build;
+pub mod plugin_scaffold;
 pub mod reconcile;
 pub mod replay;
 

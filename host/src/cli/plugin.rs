@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::components::egress_policy::{EgressPolicy, SecretBinding};
 use crate::components::harness::{self, FixtureFile};
 use crate::components::registry::Registry;
 use crate::components::{Runtime, Slot};
@@ -16,12 +17,18 @@ use crate::store::{self, plugins};
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
     /// Run a component against fixture files (a file or a folder of *.json).
+    ///
+    /// Adapters run under an egress policy as on the node: the flags or
+    /// --policy, else a `plugin.toml` beside the fixtures folder. Secret
+    /// placeholders become `fake-<name>`.
     Test {
         component: PathBuf,
         fixtures: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Validate and store a component version (it is not activated).
     Push {
@@ -46,6 +53,10 @@ pub enum PluginCommand {
         /// Guest configuration, repeatable: --set scenario=PEAK
         #[arg(long = "set", value_parser = parse_pair)]
         config: Vec<(String, String)>,
+        /// The adapter's egress policy, approved with this activation.
+        /// Without one, the node config's `allow_hosts` apply.
+        #[command(flatten)]
+        policy: PolicyArgs,
         #[arg(long, default_value = "cli")]
         actor: String,
     },
@@ -77,6 +88,8 @@ pub enum PluginCommand {
     /// List stored versions and the active one per slot.
     List,
     /// Scaffold a component crate with fixtures that pass out of the box.
+    /// Outside the paynode repo it is a crate of its own (WIT and guest SDK
+    /// vendored), built with `paynode plugin build`.
     New {
         /// psp-adapter, retry-policy or posting-rules.
         slot: String,
@@ -86,78 +99,73 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Build a component crate (one made by `plugin new`, anywhere) into a
+    /// component, with the toolchain `cargo xtask components` picks.
+    Build {
+        /// The crate's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/target/NAME.wasm).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
-/// The scaffold templates are the `plugins/template-*` crates, which the
-/// test command builds and runs against their fixtures: a scaffold starts green.
-fn template(slot: Slot) -> [(&'static str, &'static str); 3] {
-    match slot {
-        Slot::PspAdapter => [
-            (
-                "Cargo.toml",
-                include_str!("../../../plugins/template-psp-adapter/Cargo.toml"),
-            ),
-            (
-                "src/lib.rs",
-                include_str!("../../../plugins/template-psp-adapter/src/lib.rs"),
-            ),
-            (
-                "fixtures/cases.json",
-                include_str!("../../../plugins/template-psp-adapter/fixtures/cases.json"),
-            ),
-        ],
-        Slot::RetryPolicy => [
-            (
-                "Cargo.toml",
-                include_str!("../../../plugins/template-retry-policy/Cargo.toml"),
-            ),
-            (
-                "src/lib.rs",
-                include_str!("../../../plugins/template-retry-policy/src/lib.rs"),
-            ),
-            (
-                "fixtures/cases.json",
-                include_str!("../../../plugins/template-retry-policy/fixtures/cases.json"),
-            ),
-        ],
-        Slot::PostingRules => [
-            (
-                "Cargo.toml",
-                include_str!("../../../plugins/template-posting-rules/Cargo.toml"),
-            ),
-            (
-                "src/lib.rs",
-                include_str!("../../../plugins/template-posting-rules/src/lib.rs"),
-            ),
-            (
-                "fixtures/cases.json",
-                include_str!("../../../plugins/template-posting-rules/fixtures/cases.json"),
-            ),
-        ],
+/// An egress policy on the command line.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct PolicyArgs {
+    /// An entry requests may reach, repeatable: --allow https://api.x.com:443
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Where a secret may be injected, repeatable:
+    /// --secret psp_api_key=https://api.x.com:443:Authorization
+    #[arg(long = "secret", value_parser = EgressPolicy::parse_secret_flag)]
+    pub secret: Vec<SecretBinding>,
+    /// A TOML policy file: `allow = [...]` and `[[secrets]]` tables of
+    /// `name`, `entry`, `headers` (or the same under `[egress]`).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    /// None when no flag was given.
+    pub fn resolve(&self) -> anyhow::Result<Option<EgressPolicy>> {
+        EgressPolicy::from_parts(self.policy.as_deref(), &self.allow, &self.secret)
+            .map_err(|e| anyhow::anyhow!("egress policy: {e}"))
+    }
+
+    /// The flags, else `plugin.toml` in the fixtures' folder or its parent
+    /// (the crate).
+    fn resolve_for_test(&self, fixtures: &Path) -> anyhow::Result<Option<EgressPolicy>> {
+        if let Some(policy) = self.resolve()? {
+            return Ok(Some(policy));
+        }
+        let dir = if fixtures.is_dir() {
+            fixtures
+        } else {
+            fixtures.parent().unwrap_or(Path::new("."))
+        };
+        let found = [dir.join("plugin.toml"), dir.join("../plugin.toml")]
+            .into_iter()
+            .find(|p| p.is_file());
+        let Some(path) = found else {
+            return Ok(None);
+        };
+        let policy = EgressPolicy::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        policy
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Some(policy))
     }
 }
 
-/// Writes a new component crate; returns its folder.
-pub fn scaffold(slot: Slot, name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
-    anyhow::ensure!(
-        !name.is_empty()
-            && name.len() <= 48
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-        "name must be 1..=48 of [a-z0-9-]"
-    );
-    let dir = parent.join(name);
-    anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
-    for (file, text) in template(slot) {
-        let text = text
-            .replace(&format!("template-{slot}"), name)
-            .replace(&format!("Starting point for a new {slot} component (`paynode plugin new {slot} <name>` copies it)"), &format!("The {name} {slot} component"));
-        let path = dir.join(file);
-        std::fs::create_dir_all(path.parent().expect("files have parents"))?;
-        std::fs::write(&path, text)?;
+/// How `activate` and `list` show an activation's egress policy.
+fn egress_line(stored: Option<&serde_json::Value>) -> String {
+    match stored.map(|v| serde_json::from_value::<EgressPolicy>(v.clone())) {
+        None => "none approved (node config allow_hosts apply)".into(),
+        Some(Ok(policy)) => policy.summary(),
+        Some(Err(error)) => format!("unreadable ({error})"),
     }
-    Ok(dir)
 }
 
 pub fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -200,8 +208,11 @@ pub fn fixture_files(path: &Path) -> anyhow::Result<Vec<(PathBuf, FixtureFile)>>
         .map(|p| {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let file: FixtureFile =
+            let value: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            harness::check_schema(&value).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let file: FixtureFile = serde_json::from_value(value)
+                .with_context(|| format!("parsing {}", p.display()))?;
             Ok((p, file))
         })
         .collect()
@@ -213,6 +224,7 @@ pub async fn test_component(
     component: &Path,
     fixtures: &Path,
     json: bool,
+    policy: Option<&EgressPolicy>,
 ) -> anyhow::Result<(bool, String)> {
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
@@ -236,7 +248,7 @@ pub async fn test_component(
             Slot::RetryPolicy => &config.components.retry_policy,
             Slot::PostingRules => &config.components.posting_rules,
         };
-        let env = crate::components::runtime::CallEnv::offline(slot_config, "harness");
+        let env = harness::env(slot_config, policy).map_err(|e| anyhow::anyhow!("{e}"))?;
         let report = harness::run(&runtime, &loaded, &file, &env).await;
         passed &= report.passed();
         if json {
@@ -254,9 +266,15 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
         component,
         fixtures,
         json,
+        policy,
     } = &command
     {
-        let (passed, report) = test_component(config, component, fixtures, *json).await?;
+        let policy = policy.resolve_for_test(fixtures)?;
+        if let Some(policy) = &policy {
+            eprintln!("egress policy: {}", policy.summary());
+        }
+        let (passed, report) =
+            test_component(config, component, fixtures, *json, policy.as_ref()).await?;
         print!("{report}");
         return Ok(if passed {
             ExitCode::SUCCESS
@@ -278,19 +296,34 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
                 Slot::PostingRules => "ledger-rules",
             })
         });
-        let created = scaffold(slot, name, &parent)?;
+        let (created, alone) = super::plugin_scaffold::scaffold(slot, name, &parent)?;
         println!("created {}", created.display());
-        println!("next: cargo xtask components {name}");
-        println!(
-            "      paynode plugin test target/components/{name}.wasm {}/fixtures",
-            created.display()
-        );
+        if alone {
+            println!("next: paynode plugin build {}", created.display());
+            println!(
+                "      paynode plugin test {0}/target/{name}.wasm {0}/fixtures",
+                created.display()
+            );
+        } else {
+            println!("next: cargo xtask components {name}");
+            println!(
+                "      paynode plugin test target/components/{name}.wasm {}/fixtures",
+                created.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let PluginCommand::Build { dir, out } = &command {
+        let built = super::plugin_build::build(dir, out.as_deref())?;
+        println!("{}", built.display());
         return Ok(ExitCode::SUCCESS);
     }
     let pool = store::connect(&config.database).await?;
     store::migrate(&pool).await?;
     match command {
-        PluginCommand::Test { .. } | PluginCommand::New { .. } => unreachable!("handled above"),
+        PluginCommand::Test { .. } | PluginCommand::New { .. } | PluginCommand::Build { .. } => {
+            unreachable!("handled above")
+        }
         PluginCommand::Push {
             component,
             slot: slot_name,
@@ -320,9 +353,11 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
             slot: slot_name,
             sha256,
             config: pairs,
+            policy,
             actor,
         } => {
             let slot = slot(&slot_name)?;
+            let policy = policy.resolve()?;
             let registry = Registry::new(
                 Runtime::new(None)?,
                 pool,
@@ -330,12 +365,19 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
             );
             let map: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
             let activation = registry
-                .activate(slot, &sha256, &serde_json::to_value(map)?, &actor)
+                .activate(
+                    slot,
+                    &sha256,
+                    &serde_json::to_value(map)?,
+                    policy.as_ref(),
+                    &actor,
+                )
                 .await?;
             println!(
                 "activated {} on {} (activation {})",
                 activation.sha256, activation.slot, activation.id
             );
+            println!("egress: {}", egress_line(activation.egress.as_ref()));
         }
         PluginCommand::Rollback {
             slot: slot_name,
@@ -350,6 +392,7 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
                 slot.as_str(),
                 &previous.sha256,
                 &previous.config,
+                previous.egress.as_ref(),
                 "rollback",
                 &actor,
             )
@@ -408,6 +451,13 @@ pub async fn run(config: &Config, command: PluginCommand) -> anyhow::Result<Exit
                     &row.sha256[..16],
                     row.uploaded_by,
                     row.uploaded_at
+                );
+            }
+            for activation in active.iter().filter(|a| a.slot == "psp-adapter") {
+                println!(
+                    "psp-adapter activation {} egress: {}",
+                    activation.id,
+                    egress_line(activation.egress.as_ref())
                 );
             }
         }

@@ -16,15 +16,22 @@ use serde_json::{json, Value};
 use super::bindings::adapter::paynode::psp_adapter::{http, types as adapter};
 use super::bindings::policy::paynode::retry_policy::types as policy;
 use super::bindings::rules::paynode::posting_rules::types as rules;
+use super::egress_policy::{Egress, EgressPolicy};
+use super::host_imports::HttpPolicy;
 use super::invariants::{check_journals, PostingScope};
 use super::runtime::{
     CallEnv, CallStats, Incoming, Notification, RefundRequest, RefundedOrder, Rejection,
 };
 use super::{Loaded, PluginError, Runtime, Slot};
+use crate::config::SlotConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixtureFile {
+    /// The JSON Schema the file follows (`wit/<slot>/fixtures.schema.json`),
+    /// for editors; `plugin test` checks the file against it anyway.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     pub slot: String,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -159,6 +166,15 @@ impl HttpScript {
         }
     }
 
+    /// Records a problem found outside the script (a refused request).
+    pub fn note(&self, problem: String) {
+        self.inner
+            .lock()
+            .expect("script lock")
+            .problems
+            .push(problem);
+    }
+
     fn finish(&self) -> Vec<String> {
         let mut state = self.inner.lock().expect("script lock");
         let mut problems = std::mem::take(&mut state.problems);
@@ -201,6 +217,37 @@ fn mismatches(expected: &ExpectedRequest, request: &http::Request) -> Vec<String
         }
     }
     problems
+}
+
+/// A harness call environment for `slot`: its limits, and for adapters the
+/// HTTP policy the node would apply, with fake secrets (`fake-<name>`) in
+/// place of real ones. With `policy`, requests it (or the slot's
+/// `deny_hosts`) refuses are refused with the node's error and only the
+/// secrets it binds resolve; without, any URL and any secret name pass.
+pub fn env(slot: &SlotConfig, policy: Option<&EgressPolicy>) -> Result<CallEnv, String> {
+    let mut env = CallEnv::offline(slot, "harness");
+    env.http = Some(match policy {
+        Some(policy) => http_policy(slot, Egress::approved(policy, &slot.deny_hosts)?, policy),
+        None => http_policy(slot, Egress::open(), &EgressPolicy::default()),
+    });
+    Ok(env)
+}
+
+fn http_policy(slot: &SlotConfig, egress: Egress, policy: &EgressPolicy) -> HttpPolicy {
+    let fakes = policy
+        .secrets
+        .iter()
+        .map(|b| (b.name.clone(), format!("fake-{}", b.name).into()))
+        .collect();
+    HttpPolicy {
+        client: super::egress::egress_client(),
+        fake_secrets: egress.bound_names().is_none(),
+        egress: Arc::new(egress),
+        timeout: Duration::from_millis(slot.http_timeout_ms),
+        max_response_bytes: slot.http_max_response_bytes,
+        secrets: Arc::new(fakes),
+        refused: Arc::default(),
+    }
 }
 
 /// Result of one case.
@@ -258,6 +305,165 @@ impl Report {
     }
 }
 
+/// The JSON Schema of a slot's fixture files, shipped beside its WIT.
+pub fn schema(slot: Slot) -> &'static str {
+    match slot {
+        Slot::PspAdapter => include_str!("../../../wit/psp-adapter/fixtures.schema.json"),
+        Slot::RetryPolicy => include_str!("../../../wit/retry-policy/fixtures.schema.json"),
+        Slot::PostingRules => include_str!("../../../wit/posting-rules/fixtures.schema.json"),
+    }
+}
+
+/// Checks what serde's structs leave open against the slot's schema: each
+/// case's `call` is one of the slot's, its `expect` has one of the shapes
+/// the schema lists, a scripted `error` is one the host can give. Err lists
+/// every violation with its JSON path.
+pub fn check_schema(file: &Value) -> Result<(), String> {
+    let slot = file
+        .get("slot")
+        .and_then(Value::as_str)
+        .and_then(Slot::parse)
+        .ok_or("/slot: must be psp-adapter, retry-policy or posting-rules")?;
+    let mut problems = Vec::new();
+    let cases = file.get("cases").and_then(Value::as_array);
+    for (i, case) in cases.into_iter().flatten().enumerate() {
+        let call = case.get("call").and_then(Value::as_str).unwrap_or("");
+        if !fixture_calls(slot).contains(&call) {
+            problems.push(format!(
+                "/cases/{i}/call: {call:?} is not a call of the {slot} world (1.0.0 or 2.0.0)"
+            ));
+        }
+        let expect = case.get("expect").cloned().unwrap_or(Value::Null);
+        let shaped = match (slot, call) {
+            (Slot::PspAdapter, "parse-notification") => {
+                serde_json::from_value::<ExpectedNotifications>(expect).err()
+            }
+            (Slot::PspAdapter, _) => serde_json::from_value::<ExpectedOutcome>(expect).err(),
+            (Slot::RetryPolicy, _) => serde_json::from_value::<ExpectedDecision>(expect).err(),
+            // `post-refund` answers as `post` does.
+            (Slot::PostingRules, _) => serde_json::from_value::<ExpectedPost>(expect).err(),
+        };
+        if shaped.is_some() {
+            problems.push(format!(
+                "/cases/{i}/expect: not one of the shapes in wit/{slot}/fixtures.schema.json"
+            ));
+        }
+        let exchanges = case.get("http").and_then(Value::as_array);
+        for (j, exchange) in exchanges.into_iter().flatten().enumerate() {
+            let error = exchange.pointer("/respond/error").and_then(Value::as_str);
+            if error.is_some_and(|e| !SCRIPTED_ERRORS.contains(&e)) {
+                problems.push(format!(
+                    "/cases/{i}/http/{j}/respond/error: one of {SCRIPTED_ERRORS:?}"
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "does not follow wit/{slot}/fixtures.schema.json:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+/// The host's `http-error` variants, as fixtures name them.
+const SCRIPTED_ERRORS: &[&str] = &["timeout", "connect-failed", "refused", "failed-after-send"];
+
+/// `"*"` matches anything; a `pluginError` is expected where the sandbox
+/// must stop the call.
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)] // only the shape is checked
+enum ExpectedOutcome {
+    Any(Wildcard),
+    Succeeded { succeeded: String },
+    Declined { declined: ExpectedFailure },
+    Transient { transient: ExpectedFailure },
+    Unknown { unknown: String },
+    Failed(ExpectedPluginError),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)]
+enum ExpectedDecision {
+    Any(Wildcard),
+    Retry {
+        #[serde(rename = "retryAfter")]
+        retry_after: u64,
+    },
+    GiveUp {
+        #[serde(rename = "giveUp")]
+        give_up: String,
+    },
+    Failed(ExpectedPluginError),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)]
+enum ExpectedPost {
+    Any(Wildcard),
+    Ok { ok: Vec<Value> },
+    Err { err: ExpectedFailure },
+    Failed(ExpectedPluginError),
+}
+
+/// What `parse-notification` returns (psp-adapter 2.0.0): the shape of
+/// [`notifications_json`].
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)]
+enum ExpectedNotifications {
+    Any(Wildcard),
+    Ok { ok: Vec<Value> },
+    Err { err: ExpectedRejection },
+    Failed(ExpectedPluginError),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[allow(dead_code)]
+enum ExpectedRejection {
+    BadSignature {
+        #[serde(rename = "badSignature")]
+        bad_signature: String,
+    },
+    Malformed {
+        malformed: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ExpectedFailure {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ExpectedPluginError {
+    #[serde(rename = "pluginError")]
+    plugin_error: String,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Wildcard(WildcardText);
+
+#[derive(Deserialize)]
+enum WildcardText {
+    #[serde(rename = "*")]
+    Star,
+}
+
 /// The calls of a slot's world that fixtures must cover: every export but
 /// `info`, which every load calls anyway.
 pub fn required_calls(slot: Slot) -> &'static [&'static str] {
@@ -272,6 +478,22 @@ pub fn required_calls(slot: Slot) -> &'static [&'static str] {
 pub const REQUIRED_V2_CALLS: &[&str] = &["refund", "refund-status", "parse-notification"];
 /// What a posting-rules 2.0.0 adds.
 pub const REQUIRED_RULES_V2_CALLS: &[&str] = &["post-refund"];
+
+/// The calls a fixture case of `slot` may make: those of its 1.0.0 world
+/// and of its 2.0.0 world, if it has one.
+pub fn fixture_calls(slot: Slot) -> &'static [&'static str] {
+    match slot {
+        Slot::PspAdapter => &[
+            "charge",
+            "status",
+            "refund",
+            "refund-status",
+            "parse-notification",
+        ],
+        Slot::RetryPolicy => &["decide"],
+        Slot::PostingRules => &["post", "post-refund"],
+    }
+}
 
 /// [`check_coverage`], plus the exports of the component's own contract
 /// version (a psp-adapter 2.0.0 must show its refunds and notifications).
@@ -468,6 +690,11 @@ async fn call_once(
                 serde_json::from_value(case.input.clone()).map_err(bad_input)?;
             let script = HttpScript::new(&case.http);
             env.script = Some(script.clone());
+            if env.http.is_none() {
+                env.http = self::env(&SlotConfig::default(), None)
+                    .expect("an open harness policy always builds")
+                    .http;
+            }
             let request = input.into_wit();
             let (outcome, stats) = if case.call == "charge" {
                 runtime.charge(loaded, &env, config, &request).await?
@@ -846,6 +1073,7 @@ mod tests {
 
     fn file(slot: &str, calls: &[&str]) -> FixtureFile {
         FixtureFile {
+            schema: None,
             slot: slot.into(),
             config: BTreeMap::new(),
             secrets: Default::default(),
@@ -880,6 +1108,39 @@ mod tests {
             check_coverage(Slot::PostingRules, &[file("posting-rules", &["post"])]),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_schema_catches_what_serde_would_let_through() {
+        let mut good = json!({ "slot": "retry-policy", "cases": [{ "name": "n", "call": "decide",
+            "input": { "paymentOrderId": "po", "attempt": 1 }, "expect": { "retryAfter": 10 } }] });
+        assert_eq!(check_schema(&good), Ok(()));
+        good["cases"][0]["expect"] = json!({ "retryAfter": "soon" });
+        let error = check_schema(&good).unwrap_err();
+        assert!(error.contains("/cases/0/expect"), "{error}");
+        good["cases"][0]["call"] = json!("charge");
+        assert!(check_schema(&good).is_err());
+    }
+
+    #[test]
+    fn the_schema_check_takes_the_calls_of_the_2_0_0_worlds() {
+        let mut file = json!({ "slot": "psp-adapter", "cases": [{ "name": "n", "call": "refund",
+            "input": {}, "expect": { "succeeded": "rf_1" } }] });
+        assert_eq!(check_schema(&file), Ok(()));
+        file["cases"][0]["call"] = json!("parse-notification");
+        assert!(
+            check_schema(&file).is_err(),
+            "an outcome is not a notification list"
+        );
+        file["cases"][0]["expect"] = json!({ "err": { "badSignature": "*" } });
+        assert_eq!(check_schema(&file), Ok(()));
+        file["cases"][0]["expect"] = json!({ "ok": [] });
+        assert_eq!(check_schema(&file), Ok(()));
+        file["cases"][0]["call"] = json!("post-refund");
+        assert!(check_schema(&file).is_err());
+        let rules = json!({ "slot": "posting-rules", "cases": [{ "name": "n", "call": "post-refund",
+            "input": {}, "expect": { "err": { "code": "c", "message": "*" } } }] });
+        assert_eq!(check_schema(&rules), Ok(()));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use wasmtime::ResourceLimiter;
 
 use super::bindings::adapter::paynode::psp_adapter::{http, log, types};
-use super::egress::{self, AllowEntry};
+use super::egress;
+use super::egress_policy::Egress;
 use super::scrub;
 
 /// Outbound HTTP policy of one adapter slot.
@@ -19,12 +20,15 @@ use super::scrub;
 pub struct HttpPolicy {
     /// [`egress::egress_client`]: no redirects, checked DNS.
     pub client: reqwest::Client,
-    /// Entries the adapter may reach: `https://host:port` or `host:port`
-    /// (https), `http://host:port` (plain http); see [`egress`].
-    pub allow_hosts: Vec<String>,
+    /// Where requests may go and which secret may go where: the
+    /// activation's approved policy, or the node config's fallback.
+    pub egress: Arc<Egress>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
     pub secrets: Arc<BTreeMap<String, SecretString>>,
+    /// Harness only: a secret name not in `secrets` becomes `fake-<name>`
+    /// (fixtures assert where secrets go without seeing real ones).
+    pub fake_secrets: bool,
     /// Requests refused by the allow-list (for metrics and tests).
     pub refused: Arc<AtomicU64>,
 }
@@ -153,9 +157,6 @@ impl ResourceLimiter for MemoryLimiter {
 
 impl http::Host for HostState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
-        if let Some(script) = &self.script {
-            return script.answer(&request);
-        }
         let Some(policy) = self.http.clone() else {
             return Err(http::HttpError::Refused(
                 "this slot has no HTTP access".into(),
@@ -171,16 +172,26 @@ impl http::Host for HostState {
             Ok(prepared) => prepared,
             Err(reason) => {
                 policy.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.plugin, %reason, "adapter HTTP request refused");
+                if let Some(script) = &self.script {
+                    script.note(format!("the node would refuse this request: {reason}"));
+                } else {
+                    crate::metrics::egress_refused(&self.plugin);
+                    tracing::warn!(plugin = %self.plugin, %reason, "adapter HTTP request refused");
+                }
                 return Err(http::HttpError::Refused(reason));
             }
         };
+        // The harness answers from its script what passed the same checks.
+        if let Some(script) = &self.script {
+            return script.answer(&prepared.as_request());
+        }
         let started = std::time::Instant::now();
         self.request_left.store(true, Ordering::SeqCst);
         let result = execute(&policy, prepared).await;
         self.host_wait_ms += started.elapsed().as_millis() as u64;
         if let Err(http::HttpError::Refused(reason)) = &result {
             policy.refused.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::egress_refused(&self.plugin);
             tracing::warn!(plugin = %self.plugin, %reason, "adapter HTTP request refused");
         }
         result
@@ -224,8 +235,26 @@ impl log::Host for HostState {
 struct Prepared {
     method: reqwest::Method,
     url: reqwest::Url,
+    /// As the guest wrote it (what a fixture's `url` compares with).
+    url_text: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+}
+
+impl Prepared {
+    fn as_request(&self) -> http::Request {
+        http::Request {
+            method: self.method.to_string(),
+            url: self.url_text.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// Whether the host, not the adapter, sets this header.
+pub fn is_host_owned(name: &str) -> bool {
+    HOST_OWNED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// Headers the host sets (or the connection owns): a guest setting `Host`
@@ -245,52 +274,58 @@ const HOST_OWNED_HEADERS: &[&str] = &[
     "content-length",
 ];
 
-/// Checks the allow-list and headers and injects secrets. Nothing is sent
-/// on error.
+/// Checks the egress policy and headers and injects secrets where the
+/// policy binds them. Nothing is sent on error. The harness runs the same
+/// checks, so a fixture fails exactly where the node would refuse.
 fn prepare(policy: &HttpPolicy, request: http::Request) -> Result<Prepared, String> {
     let url = reqwest::Url::parse(&request.url).map_err(|e| format!("bad url: {e}"))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!("scheme {} not allowed", url.scheme()));
     }
-    let host = url.host_str().ok_or("url has no host")?;
-    let port = url.port_or_known_default().ok_or("url has no port")?;
-    if !policy
-        .allow_hosts
-        .iter()
-        .filter_map(|entry| AllowEntry::parse(entry))
-        .any(|entry| entry.allows(&url))
-    {
-        return Err(format!(
-            "{}://{host}:{port} is not in this adapter's allow-list (plain http needs an http:// entry)",
-            url.scheme()
-        ));
-    }
+    url.host_str().ok_or("url has no host")?;
+    url.port_or_known_default().ok_or("url has no port")?;
+    policy.egress.check_url(&url)?;
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("bad method {}", request.method))?;
-    if let Some((name, _)) = request
-        .headers
-        .iter()
-        .find(|(name, _)| HOST_OWNED_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
-    {
+    if let Some((name, _)) = request.headers.iter().find(|(name, _)| is_host_owned(name)) {
         return Err(format!("header {name} is set by the host, not the adapter"));
     }
     let headers = request
         .headers
         .into_iter()
-        .map(|(name, value)| Ok((name, inject_secrets(&value, &policy.secrets)?)))
+        .map(|(name, value)| {
+            let value = inject_secrets(&value, |secret| {
+                policy.egress.check_secret(secret, &url, &name)?;
+                policy.secret(secret)
+            })?;
+            Ok((name, value))
+        })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Prepared {
         method,
         url,
+        url_text: request.url,
         headers,
         body: request.body,
     })
 }
 
-/// Replaces every `{{secret:NAME}}` with the configured value.
+impl HttpPolicy {
+    fn secret(&self, name: &str) -> Result<String, String> {
+        match self.secrets.get(name) {
+            Some(secret) => Ok(secret.expose_secret().to_string()),
+            None if self.fake_secrets => Ok(format!("fake-{name}")),
+            None => Err(format!(
+                "unknown secret {name}: not configured on this node"
+            )),
+        }
+    }
+}
+
+/// Replaces every `{{secret:NAME}}` with what `lookup` gives for NAME.
 pub fn inject_secrets(
     value: &str,
-    secrets: &BTreeMap<String, SecretString>,
+    mut lookup: impl FnMut(&str) -> Result<String, String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -298,11 +333,7 @@ pub fn inject_secrets(
         out.push_str(&rest[..start]);
         let after = &rest[start + "{{secret:".len()..];
         let end = after.find("}}").ok_or("unterminated secret placeholder")?;
-        let name = &after[..end];
-        let secret = secrets
-            .get(name)
-            .ok_or_else(|| format!("unknown secret {name}"))?;
-        out.push_str(secret.expose_secret());
+        out.push_str(&lookup(&after[..end])?);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -385,14 +416,21 @@ mod tests {
 
     #[test]
     fn secrets_are_injected_and_unknown_ones_refused() {
-        let secrets = BTreeMap::from([("psp_api_key".to_string(), "sk_live".into())]);
+        let secrets: BTreeMap<String, SecretString> =
+            BTreeMap::from([("psp_api_key".to_string(), "sk_live".into())]);
+        let lookup = |name: &str| {
+            secrets
+                .get(name)
+                .map(|s| s.expose_secret().to_string())
+                .ok_or_else(|| format!("unknown secret {name}"))
+        };
         assert_eq!(
-            inject_secrets("Bearer {{secret:psp_api_key}}", &secrets).unwrap(),
+            inject_secrets("Bearer {{secret:psp_api_key}}", lookup).unwrap(),
             "Bearer sk_live"
         );
-        assert_eq!(inject_secrets("plain", &secrets).unwrap(), "plain");
-        assert!(inject_secrets("{{secret:other}}", &secrets).is_err());
-        assert!(inject_secrets("{{secret:psp_api_key", &secrets).is_err());
+        assert_eq!(inject_secrets("plain", lookup).unwrap(), "plain");
+        assert!(inject_secrets("{{secret:other}}", lookup).is_err());
+        assert!(inject_secrets("{{secret:psp_api_key", lookup).is_err());
     }
 
     use axum::response::Redirect;
@@ -427,10 +465,11 @@ mod tests {
         let mut state = HostState::new(1 << 20, "test-adapter");
         state.http = Some(HttpPolicy {
             client: egress::egress_client(),
-            allow_hosts: allow.to_vec(),
+            egress: Arc::new(Egress::node_config(allow, &[])),
             timeout: Duration::from_secs(5),
             max_response_bytes: 64 * 1024,
             secrets: Arc::default(),
+            fake_secrets: false,
             refused: refused.clone(),
         });
         (state, refused)

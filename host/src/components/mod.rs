@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod egress;
+pub mod egress_policy;
 pub mod error;
 pub mod harness;
 pub mod host_imports;

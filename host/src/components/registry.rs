@@ -15,6 +15,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::egress_policy::{Egress, EgressPolicy};
 use super::harness::{self, FixtureFile};
 use super::host_imports::HttpPolicy;
 use super::runtime::{sha256_hex, CallEnv, Limits};
@@ -27,6 +28,8 @@ pub struct Active {
     pub loaded: Arc<Loaded>,
     pub config: Vec<(String, String)>,
     pub activation_id: i64,
+    /// The egress policy approved with the activation (adapters).
+    pub egress: Arc<Egress>,
 }
 
 pub struct Registry {
@@ -85,15 +88,28 @@ impl Registry {
         }
     }
 
-    /// Limits and host policy for one call in `slot`.
+    /// Limits and host policy for one call in `slot` (an adapter call gets
+    /// the node config's fallback egress; see [`Registry::adapter_env`]).
     pub fn env(&self, slot: Slot, trace_id: &str) -> CallEnv {
+        let fallback = Arc::new(self.egress_of(slot, None));
+        self.env_with(slot, trace_id, fallback)
+    }
+
+    /// Limits and host policy for one call of an adapter activation: its
+    /// approved egress policy goes with it.
+    pub fn adapter_env(&self, active: &Active, trace_id: &str) -> CallEnv {
+        self.env_with(Slot::PspAdapter, trace_id, active.egress.clone())
+    }
+
+    fn env_with(&self, slot: Slot, trace_id: &str, egress: Arc<Egress>) -> CallEnv {
         let slot_config = self.slot_config(slot);
         let http = (slot == Slot::PspAdapter).then(|| HttpPolicy {
             client: self.http_client.clone(),
-            allow_hosts: slot_config.allow_hosts.clone(),
+            egress,
             timeout: Duration::from_millis(slot_config.http_timeout_ms),
             max_response_bytes: slot_config.http_max_response_bytes,
             secrets: self.secrets.clone(),
+            fake_secrets: false,
             refused: self.refused_requests.clone(),
         });
         CallEnv {
@@ -101,6 +117,31 @@ impl Registry {
             http,
             script: None,
             trace_id: trace_id.to_string(),
+        }
+    }
+
+    /// The egress an activation's stored policy allows on this node. A
+    /// stored policy that no longer passes the checks allows nothing.
+    fn egress_of(&self, slot: Slot, stored: Option<&serde_json::Value>) -> Egress {
+        let slot_config = self.slot_config(slot);
+        let Some(stored) = stored else {
+            return Egress::node_config(&slot_config.allow_hosts, &slot_config.deny_hosts);
+        };
+        let approved = serde_json::from_value::<EgressPolicy>(stored.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|policy| Egress::approved(&policy, &slot_config.deny_hosts));
+        approved.unwrap_or_else(|error| {
+            tracing::error!(%slot, %error, "stored egress policy refused; the adapter may reach nothing");
+            Egress::nothing()
+        })
+    }
+
+    fn active_of(&self, slot: Slot, loaded: Arc<Loaded>, activation: &Activation) -> Active {
+        Active {
+            loaded,
+            config: activation.config_pairs(),
+            activation_id: activation.id,
+            egress: Arc::new(self.egress_of(slot, activation.egress.as_ref())),
         }
     }
 
@@ -138,11 +179,8 @@ impl Registry {
                 row.slot
             )));
         }
-        let active = Arc::new(Active {
-            loaded: self.by_sha(slot, &row.sha256).await?,
-            config: row.config_pairs(),
-            activation_id: id,
-        });
+        let loaded = self.by_sha(slot, &row.sha256).await?;
+        let active = Arc::new(self.active_of(slot, loaded, &row));
         self.activations.lock().unwrap().insert(id, active.clone());
         Ok(active)
     }
@@ -264,7 +302,10 @@ impl Registry {
 
     /// Runs fixture files in the harness; Err holds the failed reports.
     async fn run_fixtures(&self, loaded: &Loaded, files: &[FixtureFile]) -> Result<(), String> {
-        let env = self.env(loaded.slot, "harness");
+        // Fixtures name made-up hosts: the harness's open egress, fake
+        // secrets (`plugin test --policy` checks a policy too).
+        let env = harness::env(self.slot_config(loaded.slot), None)
+            .expect("an open harness policy always builds");
         let mut failed = String::new();
         for file in files {
             let report = harness::run(&self.runtime, loaded, file, &env).await;
@@ -288,8 +329,13 @@ impl Registry {
         slot: Slot,
         sha256: &str,
         config: &serde_json::Value,
+        egress: Option<&EgressPolicy>,
         actor: &str,
     ) -> Result<plugins::Activation, ActivateError> {
+        if let Some(policy) = egress {
+            policy.check().map_err(ActivateError::BadPolicy)?;
+        }
+        let egress = egress.map(|p| serde_json::to_value(p).expect("policy serializes"));
         let store_error = |e: sqlx::Error| ActivateError::Store(e.into());
         let gate = plugins::gate(&self.pool, sha256)
             .await
@@ -310,10 +356,17 @@ impl Registry {
         }
         let fixtures = stored_fixtures(slot, gate.fixtures).map_err(ActivateError::NoFixtures)?;
         let loaded = self.checked(slot, sha256, &fixtures).await?;
-        let activation =
-            plugins::activate(&self.pool, slot.as_str(), sha256, config, "activate", actor)
-                .await
-                .map_err(store_error)?;
+        let activation = plugins::activate(
+            &self.pool,
+            slot.as_str(),
+            sha256,
+            config,
+            egress.as_ref(),
+            "activate",
+            actor,
+        )
+        .await
+        .map_err(store_error)?;
         self.remember(&loaded);
         Ok(activation)
     }
@@ -372,6 +425,7 @@ impl Registry {
                 slot.as_str(),
                 &sha256_hex(&bytes),
                 &config,
+                None,
                 "activate",
                 "bootstrap",
             )
@@ -414,6 +468,7 @@ impl Registry {
                     loaded: self.by_sha(slot, sha).await?,
                     config: plugins::config_pairs(&shadow.config),
                     activation_id: shadow.id,
+                    egress: Arc::new(self.egress_of(slot, None)),
                 })),
             };
             tracing::info!(%slot, sha256 = ?shadow.sha256, "shadow candidate set");
@@ -432,11 +487,8 @@ impl Registry {
             &loaded.name,
             &loaded.version,
         );
-        self.slots[index(slot)].store(Some(Arc::new(Active {
-            loaded,
-            config: activation.config_pairs(),
-            activation_id: activation.id,
-        })));
+        let active = self.active_of(slot, loaded, activation);
+        self.slots[index(slot)].store(Some(Arc::new(active)));
         Ok(())
     }
 
@@ -507,6 +559,7 @@ impl Registry {
                 slot.as_str(),
                 &sha,
                 &config,
+                None,
                 "activate",
                 "watch",
             )
@@ -576,6 +629,9 @@ pub enum ActivateError {
     /// Four-eyes rule: the uploader may not activate.
     #[error("approval required: {0}")]
     NeedsApproval(String),
+    /// The egress policy cannot be enforced as written.
+    #[error("egress policy: {0}")]
+    BadPolicy(String),
     /// Stored without fixtures, or with fixtures that no longer cover the world.
     #[error("no fixtures to re-run: {0}")]
     NoFixtures(String),

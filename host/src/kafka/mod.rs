@@ -139,6 +139,49 @@ pub fn transactional_producer(
     Ok(producer)
 }
 
+/// The transactional producer of one producing worker for this life of
+/// the node: `base` (stable per stage, node instance and worker) plus a
+/// generation bumped at every start.
+///
+/// Why not `base` itself: re-initialising a transactional id keeps its
+/// producer id (only the epoch moves), and a broker that lists an aborted
+/// transaction in every later fetch of the partition, however old (noida-db
+/// 0.2.3 does; Kafka lists only those overlapping the fetched range), makes
+/// `read_committed` readers skip every later record of that producer id
+/// there. A killed node's open transactions are exactly such aborts. So the
+/// new life first re-initialises every earlier generation not yet known to
+/// be fenced (a life killed while starting may not have fenced its
+/// predecessor), which aborts what a killed life left open, and then
+/// produces under a new id, hence a new producer id. On Kafka this costs an
+/// extra `init_transactions` per worker start.
+pub async fn producer_for_this_life(
+    config: &KafkaConfig,
+    pool: &sqlx::PgPool,
+    base: &str,
+) -> anyhow::Result<FutureProducer> {
+    use crate::store::transactional_ids;
+    let (generation, fenced) = transactional_ids::next_generation(pool, base)
+        .await
+        .context("next transactional id generation")?;
+    // Ids from before generations existed are `base` itself.
+    let mut earlier: Vec<String> = (fenced + 1..generation)
+        .map(|g| format!("{base}.g{g}"))
+        .collect();
+    if fenced < 0 {
+        earlier.insert(0, base.to_string());
+    }
+    for id in &earlier {
+        drop(tokio::task::block_in_place(|| {
+            transactional_producer(config, id)
+        })?);
+    }
+    transactional_ids::mark_fenced(pool, base, generation - 1)
+        .await
+        .context("recording fenced generations")?;
+    let current = format!("{base}.g{generation}");
+    tokio::task::block_in_place(|| transactional_producer(config, &current))
+}
+
 /// Creates every topic and its DLQ if missing (idempotent).
 pub async fn create_topics(config: &KafkaConfig) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(config).create()?;

@@ -9,6 +9,9 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
 
 /// How a transaction ended when it did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -91,5 +94,41 @@ fn abort(producer: &FutureProducer, reason: String) -> TxnError {
             TxnError::Fatal(anyhow::anyhow!("abort after {reason}: {error}"))
         }
         _ => TxnError::Aborted(reason),
+    }
+}
+
+/// A new producer for the worker whose transactional id's stable base is
+/// `base`, replacing one that became unusable. A broker that restarted can
+/// forget a producer's sequence numbers (`OUT_OF_ORDER_SEQUENCE_NUMBER` is
+/// then fatal for it), so a worker must not die with its producer: it
+/// starts a new life (`producer_for_this_life`: earlier generations fenced,
+/// a new producer id) and carries on. Retried with backoff while the
+/// broker or Postgres is away; `None` only at shutdown.
+pub async fn reinit(
+    config: &KafkaConfig,
+    pool: &sqlx::PgPool,
+    base: &str,
+    shutdown: &CancellationToken,
+) -> Option<FutureProducer> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match super::producer_for_this_life(config, pool, base).await {
+            Ok(producer) => {
+                tracing::warn!(
+                    transactional_id = base,
+                    "transactional producer re-initialised"
+                );
+                crate::metrics::producer_reinit();
+                return Some(producer);
+            }
+            Err(error) => {
+                tracing::warn!(transactional_id = base, error = %format!("{error:#}"), "re-initialising the producer failed; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -54,13 +54,21 @@ impl ConsumerContext for RebalanceWatch {
 
 pub type StageConsumer = StreamConsumer<RebalanceWatch>;
 
+/// A stage worker's consumer. `member` is its static group membership
+/// (KIP-345), stable per (stage, node instance, worker) like its
+/// transactional id: a worker restarted after a crash takes over its old
+/// member and assignment at once instead of waiting for the group to notice
+/// the dead member (up to `session.timeout.ms` on Kafka; on a broker that
+/// never expires members, such as noida-db, forever).
 pub fn consumer(
     ctx: &PipelineContext,
     group: &str,
+    member: &str,
     topics: &[String],
 ) -> anyhow::Result<StageConsumer> {
     let consumer: StageConsumer = kafka::base_config(&ctx.config.kafka)
         .set("group.id", group)
+        .set("group.instance.id", member)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

@@ -29,7 +29,7 @@ pub async fn run(
     let txid =
         ctx.names
             .transactional_id("outbox_dispatcher", &ctx.config.stages.instance_id, worker);
-    let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
+    let mut producer = kafka::producer_for_this_life(&ctx.config.kafka, &ctx.pool, &txid).await?;
     let poll = Duration::from_millis(ctx.config.outbox.poll_interval_ms);
     let worker_label = worker.to_string();
     let mut last_maintenance: Option<Instant> = None;
@@ -47,7 +47,17 @@ pub async fn run(
                 }
             }
             Ok(sent) => crate::metrics::outbox_dispatched(&worker_label, sent),
-            Err(DispatchError::Fatal(error)) => return Err(error),
+            Err(DispatchError::Fatal(error)) => {
+                // The rows were rolled back and stay unsent; a new producer
+                // publishes them (again, if the broker kept the old
+                // transaction: downstream dedupes by event id).
+                crate::metrics::outbox_dispatch_failed(&worker_label);
+                tracing::error!(error = %format!("{error:#}"), "outbox producer unusable; re-initialising it");
+                match transaction::reinit(&ctx.config.kafka, &ctx.pool, &txid, &shutdown).await {
+                    Some(fresh) => producer = fresh,
+                    None => break,
+                }
+            }
             Err(DispatchError::Retry(error)) => {
                 crate::metrics::outbox_dispatch_failed(&worker_label);
                 tracing::warn!(error = %format!("{error:#}"), "outbox batch failed; retrying");

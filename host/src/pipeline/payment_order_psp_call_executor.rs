@@ -19,7 +19,8 @@
 //! - DLQ: undecodable or inconsistent events; a failing adapter component
 //!   (trap, timeout, memory) parks the order with its claim open
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -34,7 +35,7 @@ use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::registry::Active;
-use crate::components::{Loaded, PluginError, Slot};
+use crate::components::{PluginError, Slot};
 use crate::domain::events::{event_type, Envelope, PspCallRequested, PspResultUpdated};
 use crate::domain::payment::{OutcomeKind, PspOutcome, Transition};
 use crate::kafka::{header, topic};
@@ -47,6 +48,32 @@ pub struct PaymentOrderPspCallExecutor {
     /// `instance#boot`: names this process's claims, so after a restart the
     /// node knows its own earlier claims are orphaned (nobody is mid-call).
     holder: String,
+    /// How many rounds of this process hold each attempt (from its claim
+    /// until its outcome is written). A claim of ours that no other round
+    /// holds is orphaned: its call ended but its outcome was never written
+    /// (the database went away mid-round), and waiting out our own lease
+    /// would stall the stage for `psp.claim_lease_ms`.
+    in_rounds: Mutex<HashMap<(Uuid, i32), u32>>,
+}
+
+/// Holds a round's attempts in `in_rounds` until dropped.
+struct InRound<'a> {
+    held: &'a Mutex<HashMap<(Uuid, i32), u32>>,
+    attempts: Vec<(Uuid, i32)>,
+}
+
+impl Drop for InRound<'_> {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("in_rounds");
+        for key in &self.attempts {
+            if let Some(count) = held.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(key);
+                }
+            }
+        }
+    }
 }
 
 /// One decoded call request.
@@ -82,7 +109,11 @@ impl PaymentOrderPspCallExecutor {
             ctx.config.stages.instance_id,
             Uuid::new_v4().simple()
         );
-        PaymentOrderPspCallExecutor { ctx, holder }
+        PaymentOrderPspCallExecutor {
+            ctx,
+            holder,
+            in_rounds: Mutex::default(),
+        }
     }
 
     fn claimant(&self) -> Claimant<'_> {
@@ -117,6 +148,7 @@ impl PaymentOrderPspCallExecutor {
         round: &[&(usize, Item)],
         concurrency: usize,
     ) -> anyhow::Result<Vec<(usize, Decision)>> {
+        let _held = self.enter_round(round);
         let (mut decided, calls) = self.prepare(round).await?;
         let mut futures: Vec<BoxFuture<'_, CallDone<'_>>> = Vec::with_capacity(calls.len());
         for call in calls {
@@ -310,13 +342,7 @@ impl PaymentOrderPspCallExecutor {
         let charge = charge_request(&call.order, attempt);
         let adapter = &call.adapter;
         match self
-            .call_psp(
-                &adapter.loaded,
-                &adapter.config,
-                &charge,
-                may_have_charged,
-                trace_id,
-            )
+            .call_psp(adapter, &charge, may_have_charged, trace_id)
             .await
         {
             Ok((outcome, settled, calls)) => {
@@ -340,6 +366,33 @@ impl PaymentOrderPspCallExecutor {
         }
     }
 
+    fn enter_round(&self, round: &[&(usize, Item)]) -> InRound<'_> {
+        let attempts: Vec<(Uuid, i32)> = round
+            .iter()
+            .map(|(_, item)| {
+                (
+                    item.request.order.payment_order_id,
+                    item.request.attempt as i32,
+                )
+            })
+            .collect();
+        let mut held = self.in_rounds.lock().expect("in_rounds");
+        for key in &attempts {
+            *held.entry(*key).or_default() += 1;
+        }
+        InRound {
+            held: &self.in_rounds,
+            attempts,
+        }
+    }
+
+    /// Whether a round other than the asking one holds this attempt.
+    fn held_by_another_round(&self, order_id: Uuid, attempt: i32) -> bool {
+        let held = self.in_rounds.lock().expect("in_rounds");
+        held.get(&(order_id, attempt))
+            .is_some_and(|count| *count > 1)
+    }
+
     /// An open claim of another holder: it may be mid-charge, so wait for
     /// its lease to run out (a claim of this node's earlier life is
     /// orphaned at once), then take it over, unless its outcome arrives.
@@ -350,7 +403,11 @@ impl PaymentOrderPspCallExecutor {
             if row.outcome.is_some() {
                 return Ok(row);
             }
-            let orphaned = row.node_id.starts_with(&instance) && row.node_id != self.holder;
+            let orphaned = if row.node_id == self.holder {
+                !self.held_by_another_round(order_id, attempt)
+            } else {
+                row.node_id.starts_with(&instance)
+            };
             let wait = (row.lease_until - chrono::Utc::now())
                 .to_std()
                 .unwrap_or_default();
@@ -372,14 +429,15 @@ impl PaymentOrderPspCallExecutor {
     /// charged), then asks `status` to settle an unknown outcome.
     async fn call_psp(
         &self,
-        adapter: &Loaded,
-        config: &[(String, String)],
+        active: &Active,
         request: &wit::ChargeRequest,
         may_have_charged: bool,
         trace_id: &str,
     ) -> Result<(PspOutcome, bool, i32), Failure> {
         let runtime = self.ctx.registry.runtime();
-        let env = self.ctx.registry.env(Slot::PspAdapter, trace_id);
+        // The pinned activation's egress policy, whatever is active now.
+        let env = self.ctx.registry.adapter_env(active, trace_id);
+        let (adapter, config) = (&active.loaded, &active.config);
         let mut calls = 0;
         let mut outcome = if may_have_charged {
             wit::Outcome::Unknown("previous call did not record an outcome".into())

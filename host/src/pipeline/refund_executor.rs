@@ -134,7 +134,8 @@ impl RefundExecutor {
         trace_id: &str,
     ) -> Result<(PspOutcome, bool), Failure> {
         let runtime = self.ctx.registry.runtime();
-        let env = self.ctx.registry.env(Slot::PspAdapter, trace_id);
+        // The pinned activation's egress policy, whatever is active now.
+        let env = self.ctx.registry.adapter_env(adapter, trace_id);
         let (loaded, config) = (&adapter.loaded, &adapter.config);
         let mut outcome = if may_have_refunded {
             wit::Outcome::Unknown("previous call did not record an outcome".into())

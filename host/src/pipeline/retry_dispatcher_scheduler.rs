@@ -33,7 +33,7 @@ pub async fn run(
         &ctx.config.stages.instance_id,
         worker,
     );
-    let producer = kafka::transactional_producer(&ctx.config.kafka, &txid)?;
+    let mut producer = kafka::producer_for_this_life(&ctx.config.kafka, &ctx.pool, &txid).await?;
     let poll = Duration::from_millis(ctx.config.retry.poll_interval_ms);
     let mut last_sweep = tokio::time::Instant::now();
     tracing::info!(worker, "retry scheduler started");
@@ -48,7 +48,15 @@ pub async fn run(
             Err(error) => {
                 crate::metrics::retry_event("failed");
                 if matches!(error.downcast_ref::<TxnError>(), Some(TxnError::Fatal(_))) {
-                    return Err(error);
+                    // The claimed retries were released (or their lease
+                    // runs out); a new producer dispatches them.
+                    tracing::error!(error = %format!("{error:#}"), "retry producer unusable; re-initialising it");
+                    match transaction::reinit(&ctx.config.kafka, &ctx.pool, &txid, &shutdown).await
+                    {
+                        Some(fresh) => producer = fresh,
+                        None => break,
+                    }
+                    continue;
                 }
                 tracing::warn!(error = %format!("{error:#}"), "retry dispatch failed");
             }

@@ -98,7 +98,7 @@ async fn ask_status(ctx: &PipelineContext, order: &OrderRow, activation_id: i64)
     };
     let attempt = order.last_applied_attempt.max(1) as u32;
     let request = charge_request(order, attempt);
-    let env = ctx.registry.env(Slot::PspAdapter, "review-janitor");
+    let env = ctx.registry.adapter_env(&adapter, "review-janitor");
     match ctx
         .registry
         .runtime()

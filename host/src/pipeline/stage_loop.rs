@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,10 @@ pub trait Stage: Send + Sync + 'static {
     }
 }
 
+/// How long a worker with nothing to do waits before it commits its
+/// position past trailing transaction markers.
+const IDLE: Duration = Duration::from_secs(2);
+
 type CommitResult = Result<Result<Vec<dlq::Parking>, CommitError>, tokio::task::JoinError>;
 
 /// A batch whose Kafka commit is running.
@@ -92,12 +96,14 @@ struct InFlight {
 }
 
 /// One worker's Kafka clients. The consumer is rebuilt when a rewind is not
-/// possible; the transactional producer lives as long as the worker.
+/// possible; the transactional producer when it became unusable.
 struct Worker<S: Stage> {
     stage: Arc<S>,
     ctx: PipelineContext,
     group: String,
+    member: String,
     input: String,
+    txid: String,
     consumer: Arc<StageConsumer>,
     revoked: Arc<AtomicBool>,
     producer: Arc<FutureProducer>,
@@ -105,7 +111,7 @@ struct Worker<S: Stage> {
 }
 
 impl<S: Stage> Worker<S> {
-    fn new(
+    async fn new(
         stage: Arc<S>,
         ctx: PipelineContext,
         worker: usize,
@@ -115,15 +121,21 @@ impl<S: Stage> Worker<S> {
         let input = names.topic(stage.input_topic());
         let group = names.group(stage.name());
         let txid = names.transactional_id(stage.name(), &ctx.config.stages.instance_id, worker);
-        let producer = Arc::new(kafka::transactional_producer(&ctx.config.kafka, &txid)?);
-        let consumer = consume::consumer(&ctx, &group, std::slice::from_ref(&input))?;
+        let producer =
+            Arc::new(kafka::producer_for_this_life(&ctx.config.kafka, &ctx.pool, &txid).await?);
+        // The static member id is the transactional id's stable base: this
+        // worker's identity across restarts.
+        let member = txid.clone();
+        let consumer = consume::consumer(&ctx, &group, &member, std::slice::from_ref(&input))?;
         Ok(Worker {
             revoked: consumer.context().revoked(),
             consumer: Arc::new(consumer),
             stage,
             ctx,
             group,
+            member,
             input,
+            txid,
             producer,
             failpoint,
         })
@@ -131,11 +143,26 @@ impl<S: Stage> Worker<S> {
 
     /// A fresh consumer resumes from the group's committed offsets.
     fn rebuild_consumer(&mut self) -> anyhow::Result<()> {
-        let consumer =
-            consume::consumer(&self.ctx, &self.group, std::slice::from_ref(&self.input))?;
+        let consumer = consume::consumer(
+            &self.ctx,
+            &self.group,
+            &self.member,
+            std::slice::from_ref(&self.input),
+        )?;
         self.revoked = consumer.context().revoked();
         self.consumer = Arc::new(consumer);
         Ok(())
+    }
+
+    /// A new transactional producer for a new life of this worker (see
+    /// `transaction::reinit`); at shutdown the old one stays (the loop stops
+    /// before using it).
+    async fn replace_producer(&mut self, shutdown: &CancellationToken) {
+        let (kafka, pool) = (&self.ctx.config.kafka, &self.ctx.pool);
+        if let Some(producer) = kafka::transaction::reinit(kafka, pool, &self.txid, shutdown).await
+        {
+            self.producer = Arc::new(producer);
+        }
     }
 
     /// Moves the consumer back to the batch's first records, or rebuilds it.
@@ -144,6 +171,50 @@ impl<S: Stage> Worker<S> {
             return Ok(());
         }
         self.rebuild_consumer()
+    }
+
+    /// Idle, nothing in flight: every record this consumer returned is
+    /// committed (or was rewound), so where its position lies past the
+    /// group's committed offset, only transaction markers lie between (a
+    /// batch's offsets end at its last record; the upstream commit marker
+    /// follows it). Committing the position there makes the group's lag 0
+    /// at rest instead of one marker per partition. Best effort: a failure
+    /// changes nothing but the lag figure.
+    fn commit_past_markers(&self) {
+        if self.revoked.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(position) = self.consumer.position() else {
+            return;
+        };
+        let committed = tokio::task::block_in_place(|| {
+            self.consumer
+                .committed_offsets(position.clone(), Duration::from_secs(2))
+        });
+        let Ok(committed) = committed else { return };
+        let mut ahead = rdkafka::TopicPartitionList::new();
+        for element in position.elements() {
+            let (Some(at), Some(done)) = (
+                element.offset().to_raw().filter(|o| *o >= 0),
+                committed
+                    .find_partition(element.topic(), element.partition())
+                    .and_then(|c| c.offset().to_raw()),
+            ) else {
+                continue;
+            };
+            if at > done && done >= 0 {
+                let _ = ahead.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    rdkafka::Offset::Offset(at),
+                );
+            }
+        }
+        if ahead.count() > 0 {
+            if let Err(error) = self.consumer.commit(&ahead, CommitMode::Async) {
+                tracing::debug!(%error, "commit past markers failed");
+            }
+        }
     }
 
     fn start_commit(
@@ -204,7 +275,12 @@ impl<S: Stage> Worker<S> {
             }
             Ok(Err(CommitError::Fatal(error))) => {
                 crate::metrics::stage_batch(name, "fatal", records, done.started);
-                Err(error)
+                tracing::error!(stage = name, error = %format!("{error:#}"), "producer unusable; re-initialising it");
+                self.replace_producer(shutdown).await;
+                // Whether the broker kept the transaction is unknown: the
+                // group's committed offsets say where to resume.
+                self.rebuild_consumer()?;
+                Ok(false)
             }
             Err(panicked) => {
                 crate::metrics::stage_batch(name, "fatal", records, done.started);
@@ -226,7 +302,7 @@ pub async fn run<S: Stage>(
     let kafka = ctx.config.kafka.clone();
     let concurrency = ctx.config.stages.per_batch_concurrency;
     let wait = Duration::from_millis(kafka.batch_max_wait_ms);
-    let mut w = Worker::new(stage.clone(), ctx, worker, failpoint)?;
+    let mut w = Worker::new(stage.clone(), ctx, worker, failpoint).await?;
     tracing::info!(stage = stage.name(), worker, input = %w.input, "stage worker started");
     let mut in_flight: Option<InFlight> = None;
     let mut backoff = Duration::from_millis(100);
@@ -236,10 +312,15 @@ pub async fn run<S: Stage>(
             // Nothing open: a revocation before this batch concerns no one.
             w.revoked.store(false, Ordering::SeqCst);
         }
+        // With a commit in flight, its end wakes the loop; with none, a
+        // quiet spell does (to commit past trailing transaction markers).
         let previous = async {
             match in_flight.as_mut() {
-                Some(open) => (&mut open.commit).await,
-                None => std::future::pending().await,
+                Some(open) => Some((&mut open.commit).await),
+                None => {
+                    tokio::time::sleep(IDLE).await;
+                    None
+                }
             }
         };
         let batch = match collect(
@@ -252,9 +333,13 @@ pub async fn run<S: Stage>(
         .await
         {
             Woken::Batch(batch) => batch,
-            Woken::Other(result) => {
+            Woken::Other(Some(result)) => {
                 let done = in_flight.take().expect("a commit was in flight");
                 w.settle(done, result, &shutdown).await?;
+                continue;
+            }
+            Woken::Other(None) => {
+                w.commit_past_markers();
                 continue;
             }
             Woken::Shutdown => break,

@@ -10,9 +10,11 @@ pub mod outbox;
 pub mod payments;
 pub mod plugins;
 pub mod reconcile;
+pub mod reconcile_sums;
 pub mod refunds;
 pub mod reviews;
 pub mod status;
+pub mod transactional_ids;
 
 use std::time::Duration;
 

@@ -29,6 +29,10 @@ pub struct Activation {
     pub sha256: String,
     #[schema(value_type = Object)]
     pub config: Value,
+    /// The approved egress policy (`components::egress_policy`); None: the
+    /// node config's `allow_hosts` apply.
+    #[schema(value_type = Option<Object>)]
+    pub egress: Option<Value>,
     pub action: String,
     pub activated_by: String,
     pub activated_at: DateTime<Utc>,
@@ -121,7 +125,7 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<PluginRow>> {
 
 pub async fn active(pool: &PgPool) -> sqlx::Result<Vec<Activation>> {
     sqlx::query_as(
-        "SELECT DISTINCT ON (slot) id, slot, sha256, config, action, activated_by, activated_at
+        "SELECT DISTINCT ON (slot) id, slot, sha256, config, egress, action, activated_by, activated_at
          FROM plugin_activations ORDER BY slot, id DESC",
     )
     .fetch_all(pool)
@@ -131,7 +135,7 @@ pub async fn active(pool: &PgPool) -> sqlx::Result<Vec<Activation>> {
 /// One activation by id (an order's pinned adapter and its config).
 pub async fn activation(pool: &PgPool, id: i64) -> sqlx::Result<Option<Activation>> {
     sqlx::query_as(
-        "SELECT id, slot, sha256, config, action, activated_by, activated_at
+        "SELECT id, slot, sha256, config, egress, action, activated_by, activated_at
          FROM plugin_activations WHERE id = $1",
     )
     .bind(id)
@@ -145,22 +149,25 @@ pub async fn activate(
     slot: &str,
     sha256: &str,
     config: &Value,
+    egress: Option<&Value>,
     action: &str,
     actor: &str,
 ) -> sqlx::Result<Activation> {
     let mut tx = pool.begin().await?;
     let activation: Activation = sqlx::query_as(
-        "INSERT INTO plugin_activations (slot, sha256, config, action, activated_by) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, slot, sha256, config, action, activated_by, activated_at",
+        "INSERT INTO plugin_activations (slot, sha256, config, egress, action, activated_by) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, slot, sha256, config, egress, action, activated_by, activated_at",
     )
     .bind(slot)
     .bind(sha256)
     .bind(config)
+    .bind(egress)
     .bind(action)
     .bind(actor)
     .fetch_one(&mut *tx)
     .await?;
-    announce(&mut tx, actor, action, slot, sha256, config).await?;
+    let details = serde_json::json!({ "sha256": sha256, "config": config, "egress": egress });
+    announce(&mut tx, actor, action, slot, &details).await?;
     tx.commit().await?;
     Ok(activation)
 }
@@ -201,7 +208,8 @@ pub async fn set_shadow(
     .bind(actor)
     .fetch_one(&mut *tx)
     .await?;
-    announce(&mut tx, actor, "shadow", slot, sha256, config).await?;
+    let details = serde_json::json!({ "sha256": sha256, "config": config });
+    announce(&mut tx, actor, "shadow", slot, &details).await?;
     tx.commit().await?;
     Ok(shadow)
 }
@@ -210,7 +218,7 @@ pub async fn set_shadow(
 pub async fn previous(pool: &PgPool, slot: &str) -> sqlx::Result<Option<Activation>> {
     sqlx::query_as(
         "WITH current AS (SELECT sha256 FROM plugin_activations WHERE slot = $1 ORDER BY id DESC LIMIT 1)
-         SELECT id, slot, sha256, config, action, activated_by, activated_at FROM plugin_activations
+         SELECT id, slot, sha256, config, egress, action, activated_by, activated_at FROM plugin_activations
          WHERE slot = $1 AND sha256 <> (SELECT sha256 FROM current) ORDER BY id DESC LIMIT 1",
     )
     .bind(slot)
@@ -237,11 +245,9 @@ async fn announce(
     actor: &str,
     action: &str,
     slot: &str,
-    sha256: impl Serialize,
-    config: &Value,
+    details: &Value,
 ) -> sqlx::Result<()> {
-    let details = serde_json::json!({ "sha256": sha256, "config": config });
-    audit_in(tx, actor, action, slot, &details).await?;
+    audit_in(tx, actor, action, slot, details).await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(slot)

@@ -33,7 +33,7 @@ impl Encode<'_, Postgres> for OrderStatus {
     }
 }
 
-/// Refund statuses cross the boundary the same way (CHECK of migration 0013).
+/// Refund statuses cross the boundary the same way (CHECK of migration 0018).
 impl Type<Postgres> for crate::domain::refund::RefundStatus {
     fn type_info() -> PgTypeInfo {
         <str as Type<Postgres>>::type_info()

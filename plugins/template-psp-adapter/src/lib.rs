@@ -1,35 +1,113 @@
-//! A PSP adapter to start from. It answers every charge itself; a real
-//! adapter builds the PSP's request, sends it with `http::send` (the host
-//! enforces the allow-list and fills `{{secret:NAME}}` placeholders), and
-//! maps the answer: an explicit success or refusal only; anything unclear,
-//! a timeout included, is `unknown`.
+//! A PSP adapter to start from, for a JSON API shaped like most:
+//!
+//! - `charge`: `POST {base-url}/charges` with `{"reference", "amount",
+//!   "currency"}`, the host's idempotency key as `Idempotency-Key` and the
+//!   API key as `Authorization: Bearer {{secret:psp_api_key}}` (the host
+//!   fills it in where the activation's egress policy binds it);
+//! - `status`: `GET {base-url}/charges?reference=<key>`.
+//!
+//! Map only explicit answers to `succeeded`/`declined`; anything unclear,
+//! a timeout included, is `unknown` (see the WIT for what each outcome
+//! makes the host do). Config: `base-url` (required).
 
-#![allow(clippy::too_many_arguments)]
+use paynode_guest::json::{self, bearer, header};
+use paynode_guest::table::{Rule, Table, Verdict};
+use paynode_guest::{
+    money, outcome, ChargeRequest, Guest, Outcome, PluginInfo, Response, Settings,
+};
+use serde::{Deserialize, Serialize};
 
-wit_bindgen::generate!({ world: "adapter", path: "../../wit/psp-adapter" });
+const API_KEY: &str = "psp_api_key";
 
-use paynode::psp_adapter::log::{write, Level};
-use paynode::psp_adapter::types::Failure;
+/// Non-2xx answers the PSP documents; everything else is `unknown`.
+const ERRORS: Table = Table(&[
+    Rule::new(429..=429, Verdict::Transient).default_code("rate_limited"),
+    Rule::new(400..=422, Verdict::Declined),
+]);
+
+#[derive(Serialize)]
+struct ChargeBody<'a> {
+    reference: &'a str,
+    amount: i64,
+    currency: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Charge {
+    id: String,
+    status: String,
+    #[serde(default)]
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct Found {
+    charges: Vec<Charge>,
+}
+
+fn map_charge(charge: &Charge) -> Outcome {
+    match charge.status.as_str() {
+        "approved" if !charge.id.is_empty() => outcome::succeeded(&charge.id),
+        "declined" => outcome::declined(&charge.code, format!("charge {} declined", charge.id)),
+        other => outcome::unknown(format!("charge {} is {other}", charge.id)),
+    }
+}
+
+fn map_error(resp: &Response) -> Outcome {
+    let message = format!("HTTP {} from PSP", resp.status);
+    ERRORS.outcome(resp.status, &[], |_| None, message)
+}
+
+fn charge(config: &[(String, String)], req: &ChargeRequest) -> Outcome {
+    let base_url = match Settings(config).base_url("base-url") {
+        Ok(url) => url,
+        Err(message) => return outcome::declined("invalid_config", message),
+    };
+    if let Err(refused) = money::check(&req.amount) {
+        return refused;
+    }
+    let body = ChargeBody {
+        reference: &req.idempotency_key,
+        amount: req.amount.quantity,
+        currency: &req.amount.currency,
+    };
+    let headers = vec![
+        bearer(API_KEY),
+        header("Idempotency-Key", req.idempotency_key.as_str()),
+    ];
+    match json::send(&json::post(format!("{base_url}/charges"), headers, &body)) {
+        Err(error) => outcome::from_http_error(&error),
+        Ok(resp) if !resp.is_success() => map_error(&resp),
+        Ok(resp) => resp
+            .json::<Charge>()
+            .map_or_else(|| outcome::unknown("unreadable answer"), |c| map_charge(&c)),
+    }
+}
+
+fn status(config: &[(String, String)], req: &ChargeRequest) -> Outcome {
+    let base_url = match Settings(config).base_url("base-url") {
+        Ok(url) => url,
+        // The charge may have reached the PSP: never a refusal here.
+        Err(message) => return outcome::unknown(message),
+    };
+    let url = format!(
+        "{base_url}/charges?reference={}",
+        json::encode(&req.idempotency_key)
+    );
+    match json::send(&json::get(url, vec![bearer(API_KEY)])) {
+        Err(error) => outcome::from_status_http_error(&error),
+        Ok(resp) if !resp.is_success() => map_error(&resp),
+        Ok(resp) => match resp.json::<Found>() {
+            Some(found) if found.charges.is_empty() => {
+                outcome::never_charged("no charge carries this reference")
+            }
+            Some(found) => map_charge(&found.charges[0]),
+            None => outcome::unknown("unreadable answer"),
+        },
+    }
+}
 
 struct Component;
-
-fn setting<'a>(config: &'a [(String, String)], key: &str, default: &'a str) -> &'a str {
-    config
-        .iter()
-        .find(|(k, _)| k == key)
-        .map_or(default, |(_, v)| v.as_str())
-}
-
-fn answer(config: &[(String, String)], request: &ChargeRequest) -> Outcome {
-    if request.amount.quantity <= 0 {
-        return Outcome::Declined(Failure {
-            code: "invalid_amount".into(),
-            message: "amount must be positive".into(),
-        });
-    }
-    let prefix = setting(config, "reference-prefix", "ref");
-    Outcome::Succeeded(format!("{prefix}-{}", request.idempotency_key))
-}
 
 impl Guest for Component {
     fn info() -> PluginInfo {
@@ -40,19 +118,12 @@ impl Guest for Component {
     }
 
     fn charge(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {
-        write(
-            Level::Debug,
-            &format!(
-                "charge {} attempt {}",
-                request.payment_order_id, request.attempt
-            ),
-        );
-        answer(&config, &request)
+        charge(&config, &request)
     }
 
     fn status(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {
-        answer(&config, &request)
+        status(&config, &request)
     }
 }
 
-export!(Component);
+paynode_guest::export_adapter!(Component);

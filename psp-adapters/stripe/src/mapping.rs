@@ -1,11 +1,10 @@
-//! Pure part of the Stripe adapter: wire types, request encoding and the
+//! Pure part of the Stripe adapter: wire types, request fields and the
 //! mapping of Stripe's answers to outcomes. No host calls here.
 
+use paynode_guest::json::encode;
+use paynode_guest::table::{Rule, Table, Verdict};
+use paynode_guest::{outcome, ChargeRequest, Outcome, Response};
 use serde::Deserialize;
-
-use crate::paynode::psp_adapter::http::{HttpError, Response};
-use crate::paynode::psp_adapter::types::Failure;
-use crate::Outcome;
 
 /// Error types or codes after which Stripe certainly did not charge, so a
 /// retry with the same idempotency key is safe.
@@ -18,6 +17,14 @@ pub const TRANSIENT_ERRORS: &[&str] = &[
     "network_error",
     "gateway_error",
 ];
+
+/// Non-2xx answers; any other status (1xx, 3xx) is `unknown`.
+const ERRORS: Table = Table(&[
+    Rule::new(429..=429, Verdict::Transient).default_code("rate_limit_error"),
+    Rule::new(500..=599, Verdict::Transient),
+    Rule::new(400..=499, Verdict::Transient).codes(TRANSIENT_ERRORS),
+    Rule::new(400..=499, Verdict::Declined),
+]);
 
 /// A PaymentIntent, reduced to what the mapping needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,81 +59,20 @@ pub struct SearchResult {
     pub data: Vec<PaymentIntent>,
 }
 
-/// PaymentIntent statuses the adapter distinguishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntentStatus {
-    Succeeded,
-    RequiresPaymentMethod,
-    Canceled,
-    Processing,
-    RequiresAction,
-    RequiresConfirmation,
-    RequiresCapture,
-    Other,
-}
-
-impl IntentStatus {
-    pub fn from_wire(s: &str) -> Self {
-        match s {
-            "succeeded" => IntentStatus::Succeeded,
-            "requires_payment_method" => IntentStatus::RequiresPaymentMethod,
-            "canceled" => IntentStatus::Canceled,
-            "processing" => IntentStatus::Processing,
-            "requires_action" => IntentStatus::RequiresAction,
-            "requires_confirmation" => IntentStatus::RequiresConfirmation,
-            "requires_capture" => IntentStatus::RequiresCapture,
-            _ => IntentStatus::Other,
-        }
-    }
-}
-
-fn failure(code: impl Into<String>, message: impl Into<String>) -> Failure {
-    Failure {
-        code: code.into(),
-        message: message.into(),
-    }
-}
-
 fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// Percent-encodes a value for `application/x-www-form-urlencoded` bodies
-/// and URL query strings: everything but ASCII letters, digits and `-_.~`.
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Form body of `POST /v1/payment_intents`. Keys are literal, values encoded.
-pub fn charge_form(
-    amount: i64,
-    currency: &str,
-    payment_method: &str,
-    payment_order_id: &str,
-    idempotency_key: &str,
-) -> String {
-    let fields: [(&str, String); 6] = [
-        ("amount", amount.to_string()),
-        ("currency", currency.to_ascii_lowercase()),
-        ("confirm", "true".to_string()),
-        ("payment_method", payment_method.to_string()),
-        ("metadata[payment_order_id]", payment_order_id.to_string()),
-        ("metadata[paynode_key]", idempotency_key.to_string()),
-    ];
-    fields
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+/// Form fields of `POST /v1/payment_intents`.
+pub fn charge_fields(req: &ChargeRequest, payment_method: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("amount", req.amount.quantity.to_string()),
+        ("currency", req.amount.currency.to_ascii_lowercase()),
+        ("confirm", "true".into()),
+        ("payment_method", payment_method.into()),
+        ("metadata[payment_order_id]", req.payment_order_id.clone()),
+        ("metadata[paynode_key]", req.idempotency_key.clone()),
+    ]
 }
 
 /// Search query finding the PaymentIntent created with this key, in the
@@ -144,39 +90,32 @@ pub fn search_url(base_url: &str, idempotency_key: &str) -> String {
 /// Maps one PaymentIntent (from a charge answer or a search hit).
 pub fn map_intent(pi: &PaymentIntent) -> Outcome {
     let id = pi.id.as_deref().unwrap_or("");
-    match IntentStatus::from_wire(&pi.status) {
-        IntentStatus::Succeeded => {
-            if id.is_empty() {
-                Outcome::Unknown("PSP reported success without a payment intent id".into())
-            } else {
-                Outcome::Succeeded(id.to_string())
-            }
+    match pi.status.as_str() {
+        "succeeded" if id.is_empty() => {
+            outcome::unknown("PSP reported success without a payment intent id")
         }
-        IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
+        "succeeded" => outcome::succeeded(id),
+        "requires_payment_method" | "canceled" => {
             let err = pi.last_payment_error.clone().unwrap_or_default();
             let code = non_empty(&err.decline_code)
                 .or(non_empty(&err.code))
-                .unwrap_or(&pi.status)
-                .to_string();
+                .unwrap_or(&pi.status);
             let message = non_empty(&err.message)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("payment intent {id} is {}", pi.status));
-            Outcome::Declined(failure(code, message))
+            outcome::declined(code, message)
         }
-        IntentStatus::Processing
-        | IntentStatus::RequiresAction
-        | IntentStatus::RequiresConfirmation
-        | IntentStatus::RequiresCapture => {
-            Outcome::Unknown(format!("payment intent {id} is {}", pi.status))
+        "processing" | "requires_action" | "requires_confirmation" | "requires_capture" => {
+            outcome::unknown(format!("payment intent {id} is {}", pi.status))
         }
-        IntentStatus::Other => Outcome::Unknown(format!(
-            "payment intent {id} has unexpected status {:?}",
-            pi.status
+        other => outcome::unknown(format!(
+            "payment intent {id} has unexpected status {other:?}"
         )),
     }
 }
 
-/// Maps a non-2xx answer.
+/// Maps a non-2xx answer through [`ERRORS`]; a decline prefers Stripe's
+/// `decline_code`.
 pub fn map_error_status(status: u16, body: &[u8]) -> Outcome {
     let err = serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.error)
@@ -185,88 +124,50 @@ pub fn map_error_status(status: u16, body: &[u8]) -> Outcome {
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {status} from PSP"));
     let code = non_empty(&err.code).or(non_empty(&err.kind));
-    let is_transient_error = [&err.kind, &err.code]
+    let codes: Vec<&str> = [&err.kind, &err.code]
         .into_iter()
         .filter_map(non_empty)
-        .any(|c| TRANSIENT_ERRORS.contains(&c));
-    match status {
-        429 => Outcome::Transient(failure(code.unwrap_or("rate_limit_error"), message)),
-        500..=599 => Outcome::Transient(failure(
-            code.map(str::to_string)
-                .unwrap_or_else(|| format!("http_{status}")),
-            message,
-        )),
-        400..=499 if is_transient_error => {
-            Outcome::Transient(failure(code.unwrap_or("api_error"), message))
-        }
-        400..=499 => {
-            let code = non_empty(&err.decline_code)
-                .or(code)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("http_{status}"));
-            Outcome::Declined(failure(code, message))
-        }
-        // 1xx/3xx (and 2xx, which callers handle): the request was sent and
-        // the answer says nothing certain.
-        _ => Outcome::Unknown(format!("unexpected HTTP {status} from PSP")),
-    }
-}
-
-fn is_success(status: u16) -> bool {
-    (200..=299).contains(&status)
+        .collect();
+    let code_for = |verdict| match verdict {
+        Verdict::Declined => non_empty(&err.decline_code).or(code).map(str::to_string),
+        _ => code.map(str::to_string),
+    };
+    ERRORS.outcome(status, &codes, code_for, message)
 }
 
 /// Maps the answer to `POST /v1/payment_intents`.
 pub fn map_charge_response(resp: &Response) -> Outcome {
-    if !is_success(resp.status) {
+    if !resp.is_success() {
         return map_error_status(resp.status, &resp.body);
     }
-    match serde_json::from_slice::<PaymentIntent>(&resp.body) {
-        Ok(pi) => map_intent(&pi),
-        Err(_) => Outcome::Unknown(format!("unparseable PSP answer (HTTP {})", resp.status)),
+    match resp.json::<PaymentIntent>() {
+        Some(pi) => map_intent(&pi),
+        None => outcome::unknown(format!("unparseable PSP answer (HTTP {})", resp.status)),
     }
 }
 
 /// Maps the answer to the PaymentIntent search by idempotency key.
 pub fn map_search_response(resp: &Response) -> Outcome {
-    if !is_success(resp.status) {
+    if !resp.is_success() {
         return map_error_status(resp.status, &resp.body);
     }
-    match serde_json::from_slice::<SearchResult>(&resp.body) {
-        Ok(found) => match found.data.first() {
+    match resp.json::<SearchResult>() {
+        Some(found) => match found.data.first() {
             Some(pi) => map_intent(pi),
-            // Stripe never saw a charge with this key: retrying with the same
-            // idempotency key is safe.
-            None => Outcome::Transient(failure(
-                "not_found",
-                "no payment intent carries this idempotency key",
-            )),
+            // Stripe's search never saw a charge with this key.
+            None => outcome::never_charged("no payment intent carries this idempotency key"),
         },
-        Err(_) => Outcome::Unknown(format!(
+        None => outcome::unknown(format!(
             "unparseable PSP search answer (HTTP {})",
             resp.status
         )),
     }
 }
 
-/// Maps a failed exchange. `unknown` reasons are fixed strings (the host's
-/// detail goes to the log line): they are compared in fixtures.
-pub fn map_http_error(err: &HttpError) -> Outcome {
-    match err {
-        HttpError::Timeout => Outcome::Unknown("timeout waiting for the PSP".into()),
-        HttpError::FailedAfterSend(_) => {
-            Outcome::Unknown("exchange with the PSP broke after sending".into())
-        }
-        HttpError::ConnectFailed(m) => {
-            Outcome::Transient(failure("api_connection_error", m.as_str()))
-        }
-        HttpError::Refused(m) => Outcome::Transient(failure("host_refused", m.as_str())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outcome::{declined, transient};
 
     fn resp(status: u16, body: &str) -> Response {
         Response {
@@ -276,22 +177,8 @@ mod tests {
         }
     }
 
-    fn transient(code: &str, message: &str) -> Outcome {
-        Outcome::Transient(failure(code, message))
-    }
-
-    fn declined(code: &str, message: &str) -> Outcome {
-        Outcome::Declined(failure(code, message))
-    }
-
-    #[test]
-    fn encodes_form_values() {
-        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        assert_eq!(encode("po-1_x.y~"), "po-1_x.y~");
-        assert_eq!(
-            charge_form(1000, "EUR", "pm_card_visa", "po 1", "k-1"),
-            "amount=1000&currency=eur&confirm=true&payment_method=pm_card_visa&metadata[payment_order_id]=po%201&metadata[paynode_key]=k-1"
-        );
+    fn charge(status: u16, body: &str) -> Outcome {
+        map_charge_response(&resp(status, body))
     }
 
     #[test]
@@ -307,217 +194,100 @@ mod tests {
     }
 
     #[test]
-    fn succeeded_intent() {
-        let r = resp(
-            200,
-            r#"{"id":"pi_123","object":"payment_intent","status":"succeeded","amount":1000}"#,
-        );
-        assert_eq!(map_charge_response(&r), Outcome::Succeeded("pi_123".into()));
-        let r = resp(200, r#"{"status":"succeeded"}"#);
-        assert!(matches!(map_charge_response(&r), Outcome::Unknown(_)));
-    }
-
-    #[test]
-    fn declined_intents() {
-        let r = resp(
-            200,
-            r#"{"id":"pi_1","status":"requires_payment_method","last_payment_error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","message":"Your card has insufficient funds."}}"#,
-        );
+    fn intents() {
+        let ok = r#"{"id":"pi_123","object":"payment_intent","status":"succeeded"}"#;
+        assert_eq!(charge(200, ok), Outcome::Succeeded("pi_123".into()));
+        assert!(matches!(
+            charge(200, r#"{"status":"succeeded"}"#),
+            Outcome::Unknown(_)
+        ));
+        let funds = r#"{"id":"pi_1","status":"requires_payment_method","last_payment_error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","message":"Your card has insufficient funds."}}"#;
         assert_eq!(
-            map_charge_response(&r),
+            charge(200, funds),
             declined("insufficient_funds", "Your card has insufficient funds.")
         );
-        let r = resp(
-            200,
-            r#"{"id":"pi_1","status":"requires_payment_method","last_payment_error":{"code":"expired_card","message":"Expired."}}"#,
-        );
+        let expired = r#"{"id":"pi_1","status":"requires_payment_method","last_payment_error":{"code":"expired_card","message":"Expired."}}"#;
+        assert_eq!(charge(200, expired), declined("expired_card", "Expired."));
+        let canceled = r#"{"id":"pi_2","status":"canceled","last_payment_error":null}"#;
         assert_eq!(
-            map_charge_response(&r),
-            declined("expired_card", "Expired.")
-        );
-        let r = resp(
-            200,
-            r#"{"id":"pi_2","status":"canceled","last_payment_error":null}"#,
-        );
-        assert_eq!(
-            map_charge_response(&r),
+            charge(200, canceled),
             declined("canceled", "payment intent pi_2 is canceled")
         );
-    }
-
-    #[test]
-    fn in_doubt_intents_are_unknown() {
         for s in [
             "processing",
             "requires_action",
             "requires_confirmation",
             "requires_capture",
-            "something_new",
+            "new",
         ] {
-            let r = resp(200, &format!(r#"{{"id":"pi_9","status":"{s}"}}"#));
+            let body = format!(r#"{{"id":"pi_9","status":"{s}"}}"#);
             assert!(
-                matches!(map_charge_response(&r), Outcome::Unknown(m) if m.contains(s)),
+                matches!(charge(200, &body), Outcome::Unknown(m) if m.contains(s)),
                 "{s}"
             );
         }
-        assert_eq!(
-            map_charge_response(&resp(200, r#"{"id":"pi_9","status":"processing"}"#)),
-            Outcome::Unknown("payment intent pi_9 is processing".into())
-        );
-    }
-
-    #[test]
-    fn unparseable_success_is_unknown() {
         for body in ["", "not json", "{}", r#"{"status": 5}"#] {
-            assert!(matches!(
-                map_charge_response(&resp(200, body)),
-                Outcome::Unknown(_)
-            ));
+            assert!(matches!(charge(200, body), Outcome::Unknown(_)));
         }
     }
 
     #[test]
-    fn card_decline_402() {
-        let r = resp(
-            402,
-            r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined."}}"#,
-        );
+    fn error_statuses() {
+        let card = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined."}}"#;
         assert_eq!(
-            map_charge_response(&r),
+            charge(402, card),
             declined("generic_decline", "Your card was declined.")
         );
-        let r = resp(
-            400,
-            r#"{"error":{"type":"invalid_request_error","code":"amount_too_small","message":"Amount must be at least 50 cents"}}"#,
-        );
+        let key = r#"{"error":{"type":"invalid_request_error","message":"Invalid API Key"}}"#;
         assert_eq!(
-            map_charge_response(&r),
-            declined("amount_too_small", "Amount must be at least 50 cents")
-        );
-        let r = resp(
-            401,
-            r#"{"error":{"type":"invalid_request_error","message":"Invalid API Key"}}"#,
-        );
-        assert_eq!(
-            map_charge_response(&r),
+            charge(401, key),
             declined("invalid_request_error", "Invalid API Key")
         );
         assert_eq!(
-            map_charge_response(&resp(404, "nope")),
+            charge(404, "nope"),
             declined("http_404", "HTTP 404 from PSP")
         );
-    }
-
-    #[test]
-    fn rate_limits_and_server_errors_are_transient() {
         assert_eq!(
-            map_charge_response(&resp(429, "")),
+            charge(429, ""),
             transient("rate_limit_error", "HTTP 429 from PSP")
         );
         assert_eq!(
-            map_charge_response(&resp(
-                429,
-                r#"{"error":{"type":"rate_limit_error","message":"Too many requests"}}"#
-            )),
-            transient("rate_limit_error", "Too many requests")
-        );
-        assert_eq!(
-            map_charge_response(&resp(500, "<html>oops</html>")),
+            charge(500, "<html>"),
             transient("http_500", "HTTP 500 from PSP")
         );
-        assert_eq!(
-            map_charge_response(&resp(
-                503,
-                r#"{"error":{"type":"api_error","message":"Service down"}}"#
-            )),
-            transient("api_error", "Service down")
-        );
-    }
-
-    #[test]
-    fn transient_error_types_under_4xx() {
+        let down = r#"{"error":{"type":"api_error","message":"Service down"}}"#;
+        assert_eq!(charge(503, down), transient("api_error", "Service down"));
         for t in TRANSIENT_ERRORS {
-            let r = resp(
-                400,
-                &format!(r#"{{"error":{{"type":"{t}","message":"m"}}}}"#),
+            let body = format!(r#"{{"error":{{"type":"{t}","message":"m"}}}}"#);
+            assert_eq!(charge(400, &body), transient(*t, "m"));
+            let body = format!(
+                r#"{{"error":{{"type":"invalid_request_error","code":"{t}","message":"m"}}}}"#
             );
-            assert_eq!(map_charge_response(&r), transient(t, "m"));
-            let r = resp(
-                409,
-                &format!(
-                    r#"{{"error":{{"type":"invalid_request_error","code":"{t}","message":"m"}}}}"#
-                ),
-            );
-            assert_eq!(map_charge_response(&r), transient(t, "m"));
+            assert_eq!(charge(409, &body), transient(*t, "m"));
         }
-        let r = resp(
-            400,
-            r#"{"error":{"type":"idempotency_error","code":"idempotency_key_in_use","message":"m"}}"#,
-        );
+        let in_use = r#"{"error":{"type":"idempotency_error","code":"idempotency_key_in_use","message":"m"}}"#;
         assert_eq!(
-            map_charge_response(&r),
+            charge(400, in_use),
             transient("idempotency_key_in_use", "m")
         );
-    }
-
-    #[test]
-    fn other_statuses_are_unknown() {
-        assert!(matches!(
-            map_charge_response(&resp(302, "")),
-            Outcome::Unknown(_)
-        ));
-    }
-
-    #[test]
-    fn http_errors() {
-        assert_eq!(
-            map_http_error(&HttpError::Timeout),
-            Outcome::Unknown("timeout waiting for the PSP".into())
-        );
-        assert_eq!(
-            map_http_error(&HttpError::FailedAfterSend("reset".into())),
-            Outcome::Unknown("exchange with the PSP broke after sending".into())
-        );
-        assert_eq!(
-            map_http_error(&HttpError::ConnectFailed("refused".into())),
-            transient("api_connection_error", "refused")
-        );
-        assert_eq!(
-            map_http_error(&HttpError::Refused("not allowed".into())),
-            transient("host_refused", "not allowed")
-        );
+        assert!(matches!(charge(302, ""), Outcome::Unknown(_)));
     }
 
     #[test]
     fn search_answers() {
-        let found = resp(
-            200,
-            r#"{"object":"search_result","data":[{"id":"pi_7","status":"succeeded"},{"id":"pi_8","status":"canceled"}],"has_more":false}"#,
+        let search = |status, body: &str| map_search_response(&resp(status, body));
+        let found =
+            r#"{"data":[{"id":"pi_7","status":"succeeded"},{"id":"pi_8","status":"canceled"}]}"#;
+        assert_eq!(search(200, found), Outcome::Succeeded("pi_7".into()));
+        let empty = r#"{"object":"search_result","data":[]}"#;
+        let none = transient(
+            "not_found",
+            "no payment intent carries this idempotency key",
         );
-        assert_eq!(
-            map_search_response(&found),
-            Outcome::Succeeded("pi_7".into())
-        );
-        let empty = resp(200, r#"{"object":"search_result","data":[]}"#);
-        assert_eq!(
-            map_search_response(&empty),
-            transient(
-                "not_found",
-                "no payment intent carries this idempotency key"
-            )
-        );
-        assert!(matches!(
-            map_search_response(&resp(200, "{}")),
-            Outcome::Unknown(_)
-        ));
-        assert_eq!(
-            map_search_response(&resp(500, "")),
-            transient("http_500", "HTTP 500 from PSP")
-        );
-        let processing = resp(200, r#"{"data":[{"id":"pi_7","status":"processing"}]}"#);
-        assert!(matches!(
-            map_search_response(&processing),
-            Outcome::Unknown(_)
-        ));
+        assert_eq!(search(200, empty), none);
+        assert!(matches!(search(200, "{}"), Outcome::Unknown(_)));
+        assert_eq!(search(500, ""), transient("http_500", "HTTP 500 from PSP"));
+        let processing = r#"{"data":[{"id":"pi_7","status":"processing"}]}"#;
+        assert!(matches!(search(200, processing), Outcome::Unknown(_)));
     }
 }

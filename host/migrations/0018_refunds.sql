@@ -27,6 +27,10 @@ CREATE TABLE refunds (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX refunds_order_idx ON refunds (payment_order_id);
+-- The incremental reconciliation's window over refunds (store/reconcile.rs).
+-- Refunds are few and change a handful of times each: the index costs
+-- little, although it makes their updates non-HOT.
+CREATE INDEX refunds_updated_idx ON refunds (updated_at);
 
 -- One row per refund PSP call, inserted before the call (as psp_attempts).
 CREATE TABLE refund_attempts (
