@@ -3,7 +3,8 @@
 -- A refund belongs to one SUCCEEDED payment order and is sent to the
 -- adapter activation the order was charged with. Its status machine:
 -- REQUESTED -> SUCCEEDED | FAILED | REQUIRES_REVIEW, and REQUIRES_REVIEW ->
--- SUCCEEDED | FAILED when a status check or a notification settles it.
+-- SUCCEEDED | FAILED when the review janitor's refund-status check or a
+-- notification settles it.
 CREATE TABLE refunds (
     refund_id           uuid        PRIMARY KEY,
     payment_order_id    uuid        NOT NULL REFERENCES payment_orders (payment_order_id),
@@ -23,6 +24,11 @@ CREATE TABLE refunds (
     -- A refund is finalized once: the id of its RefundFinalized event, which
     -- is also the source id of its ledger recording.
     finalized_event_id  uuid        NOT NULL UNIQUE,
+    -- The review janitor's re-checks of a refund in REQUIRES_REVIEW (as
+    -- payment_orders): how many were made, and when the next one is due
+    -- (NULL: none scheduled, out of review or the schedule spent).
+    review_checks       integer     NOT NULL DEFAULT 0,
+    next_review_at      timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
@@ -31,6 +37,9 @@ CREATE INDEX refunds_order_idx ON refunds (payment_order_id);
 -- Refunds are few and change a handful of times each: the index costs
 -- little, although it makes their updates non-HOT.
 CREATE INDEX refunds_updated_idx ON refunds (updated_at);
+-- The janitor's due re-checks.
+CREATE INDEX refunds_next_review_idx ON refunds (next_review_at)
+    WHERE next_review_at IS NOT NULL;
 
 -- One row per refund PSP call, inserted before the call (as psp_attempts).
 CREATE TABLE refund_attempts (

@@ -2,7 +2,8 @@
 //! over-refund (422) + full, with the seller's balance down by what was
 //! refunded and every journal balanced; concurrent requests never exceed
 //! the capture; a transient refund is retried through the retry queue; an
-//! unknown one is settled by `refund-status`; an order charged by a
+//! unknown one is settled by `refund-status`, or later by the review
+//! janitor's `refund-status`; an order charged by a
 //! psp-adapter 1.0.0 answers a clear 422; webhooks: a bad signature is a
 //! 401 that changes nothing, a signed one settles a REQUIRES_REVIEW order
 //! and an unknown (REQUIRES_REVIEW) refund, a duplicate changes nothing,
@@ -230,6 +231,118 @@ async fn a_transient_refund_is_retried_and_an_unknown_one_settled_by_status() {
         .await;
     assert_eq!(settled, 1);
     wait_balance(&node, "s-4", 750).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_review_janitor_asks_again_and_settles_a_refund_left_unknown() {
+    // The simulator answers a refund's `refund-status` by the refund's
+    // attempt, the same for every asker; so a PSP that "learns" the answer
+    // later is two nodes. First it never knows: the janitor asks on its
+    // schedule (1 s, 1 s), then leaves the refund in review.
+    let mut config = scripted_config("succeeded", "succeeded", 50).await;
+    let adapter = &mut config.components.psp_adapter.config;
+    adapter.insert("refund-script".into(), "unknown".into());
+    adapter.insert("refund-status-script".into(), "unknown".into());
+    config.psp.status_checks = 1;
+    config.psp.review_schedule_secs = vec![1, 1];
+    config.psp.review_poll_ms = 200;
+    let node = TestNode::start(config).await;
+    let (_, order_id, _) = paid_order(&node, "s-7", 1_000).await;
+    let (status, refund) = post_refund(&node, &order_id, "janitor-unknown", 300).await;
+    assert_eq!(status, 202, "{refund}");
+    let id = refund["refundId"].as_str().unwrap().to_string();
+    wait_refund(&node, &id, "REQUIRES_REVIEW").await;
+    let spent = format!(
+        "SELECT count(*) FROM refunds WHERE refund_id = '{id}' AND status = 'REQUIRES_REVIEW'
+           AND review_checks = 2 AND next_review_at IS NULL"
+    );
+    let node_ref = &node;
+    wait_until(
+        "two janitor checks, then the schedule spent",
+        Duration::from_secs(30),
+        || {
+            let spent = spent.clone();
+            async move { node_ref.scalar(&spent).await == 1 }
+        },
+    )
+    .await;
+    assert_eq!(
+        node.scalar(&format!(
+            "SELECT count(*) FROM refund_attempts WHERE refund_id = '{id}'"
+        ))
+        .await,
+        1,
+        "the janitor only asks refund-status, it never refunds again"
+    );
+    let metrics = node.metrics_text().await;
+    for result in ["still_unknown", "left_to_admin"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("review_janitor_checks_total")
+                    && l.contains("subject=\"refund\"")
+                    && l.contains(&format!("result=\"{result}\""))),
+            "{metrics}"
+        );
+    }
+    node.stop().await;
+
+    // Then a PSP that knows by the janitor's first check: the executor
+    // asks nothing (no status checks), the janitor's refund-status settles
+    // the refund and its journal reaches the seller's balance.
+    let mut config = scripted_config("succeeded", "succeeded", 50).await;
+    let adapter = &mut config.components.psp_adapter.config;
+    adapter.insert("refund-script".into(), "unknown".into());
+    adapter.insert("refund-status-script".into(), "succeeded".into());
+    config.psp.status_checks = 0;
+    config.psp.review_schedule_secs = vec![1, 1, 1];
+    config.psp.review_poll_ms = 200;
+    let node = TestNode::start(config).await;
+    let (_, order_id, _) = paid_order(&node, "s-8", 1_000).await;
+    wait_balance(&node, "s-8", 1_000).await;
+    let (status, refund) = post_refund(&node, &order_id, "janitor-settles", 400).await;
+    assert_eq!(status, 202, "{refund}");
+    let id = refund["refundId"].as_str().unwrap().to_string();
+    let done = wait_refund(&node, &id, "SUCCEEDED").await;
+    assert!(
+        done["pspReference"].as_str().unwrap().starts_with("simrf_"),
+        "{done:#}"
+    );
+    assert_eq!(
+        node.scalar(&format!(
+            "SELECT count(*) FROM refund_attempts WHERE refund_id = '{id}' AND NOT settled_by_status"
+        ))
+        .await,
+        1,
+        "one refund call, its unknown outcome not settled by the executor"
+    );
+    assert_eq!(
+        node.scalar(&format!(
+            "SELECT count(*) FROM refunds WHERE refund_id = '{id}' AND next_review_at IS NULL"
+        ))
+        .await,
+        1,
+        "a settled refund has no janitor check left"
+    );
+    wait_balance(&node, "s-8", 600).await;
+    assert_eq!(
+        node.scalar(&format!(
+            "SELECT count(*) FROM journal_entries j JOIN refunds r ON j.source_event_id = r.finalized_event_id
+             WHERE r.refund_id = '{id}'"
+        ))
+        .await,
+        1
+    );
+    let metrics = node.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("review_janitor_checks_total")
+                && l.contains("subject=\"refund\"")
+                && l.contains("result=\"succeeded\"")),
+        "{metrics}"
+    );
     node.stop().await;
 }
 

@@ -30,7 +30,8 @@ pub enum RefundTransition {
     Finalize,
     /// An unknown outcome that `refund-status` did not settle.
     RequireReview,
-    /// A notification (or an admin) settles a review.
+    /// The review janitor's `refund-status`, a notification (or an admin)
+    /// settles a review.
     SettleReview,
 }
 

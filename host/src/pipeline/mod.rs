@@ -31,6 +31,7 @@ pub mod payment_order_psp_call_executor;
 pub mod payment_order_psp_result_applier;
 pub mod refund_executor;
 pub mod refund_ledger_recorder;
+pub mod refund_review_janitor;
 pub mod retry_dispatcher_scheduler;
 pub mod review_janitor;
 pub mod stage_loop;

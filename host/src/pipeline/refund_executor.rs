@@ -11,7 +11,8 @@
 //!   (a guarded no-op) without calling; without one, the PSP may have
 //!   refunded, so only `refund-status` is asked, never `refund`
 //! - `unknown` is settled by `refund-status` (`psp.status_checks` times),
-//!   else REQUIRES_REVIEW (a PSP notification may settle it later); a
+//!   else REQUIRES_REVIEW, where the review janitor asks `refund-status`
+//!   again on its schedule and a PSP notification may settle it; a
 //!   component failure after a request left is `unknown`
 //! - `transient`: the retry-policy component decides; the next attempt's
 //!   event waits in the Redis retry queue (the retry scheduler routes it
@@ -30,7 +31,7 @@ use sha2::{Digest, Sha256};
 use super::decision::{Decision, Failure};
 use super::outbound::Outbound;
 use super::stage_loop::Stage;
-use super::PipelineContext;
+use super::{review_janitor, PipelineContext};
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::bindings::policy::paynode::retry_policy::types as policy;
 use crate::components::registry::Active;
@@ -289,6 +290,8 @@ impl RefundExecutor {
             in_order: true,
             psp_reference: outcome.psp_reference.as_deref(),
             reason: reason.as_deref(),
+            // Entering review schedules the janitor's first refund-status.
+            first_review_at: review_janitor::first_check(&self.ctx.config.psp),
         };
         let mut conn = self.ctx.pool.acquire().await?;
         if refunds::transition(&mut conn, &change).await? {
@@ -329,7 +332,9 @@ impl RefundExecutor {
     }
 }
 
-fn refund_request(refund: &RefundRow, order: &OrderRow, attempt: u32) -> RefundRequest {
+/// The request of `attempt` of a refund (its `refund-status` asks with the
+/// same one).
+pub(crate) fn refund_request(refund: &RefundRow, order: &OrderRow, attempt: u32) -> RefundRequest {
     let money = |quantity: i64| wit::Money {
         quantity,
         currency: order.currency.clone(),

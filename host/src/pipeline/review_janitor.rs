@@ -3,7 +3,9 @@
 //! (`psp.review_schedule_secs`, e.g. 1 min, 5 min, 30 min, 2 h, 24 h) it asks
 //! the order's pinned adapter `status` again; a definite answer settles the
 //! order (finalized event through the outbox), otherwise the next check is
-//! scheduled, and when the schedule is spent an admin decides.
+//! scheduled, and when the schedule is spent an admin decides. Each sweep
+//! also re-checks the refunds left unknown ([`super::refund_review_janitor`]);
+//! `review_janitor_checks_total{subject=order|refund,result}` counts both.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::payment_order_psp_call_executor::charge_request;
-use super::PipelineContext;
+use super::{refund_review_janitor, PipelineContext};
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::Slot;
 use crate::config::PspConfig;
@@ -32,6 +34,10 @@ pub async fn run(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::R
         if let Err(error) = sweep(&ctx).await {
             tracing::warn!(error = %format!("{error:#}"), "review janitor sweep failed");
         }
+        // Refunds left unknown, on the same schedule.
+        if let Err(error) = refund_review_janitor::sweep(&ctx).await {
+            tracing::warn!(error = %format!("{error:#}"), "refund review janitor sweep failed");
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
@@ -43,7 +49,8 @@ pub async fn run(ctx: PipelineContext, shutdown: CancellationToken) -> anyhow::R
 async fn sweep(ctx: &PipelineContext) -> anyhow::Result<()> {
     for order in orders::due_reviews(&ctx.pool, 50).await? {
         let result = check(ctx, &order).await?;
-        metrics::counter!("review_janitor_checks_total", "result" => result).increment(1);
+        metrics::counter!("review_janitor_checks_total", "subject" => "order", "result" => result)
+            .increment(1);
     }
     Ok(())
 }

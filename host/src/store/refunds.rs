@@ -29,6 +29,9 @@ pub struct RefundRow {
     pub failure_reason: Option<String>,
     pub trace_id: String,
     pub finalized_event_id: Uuid,
+    /// The review janitor's re-checks so far, and when the next is due.
+    pub review_checks: i32,
+    pub next_review_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -232,6 +235,9 @@ pub struct Change<'a> {
     pub in_order: bool,
     pub psp_reference: Option<&'a str>,
     pub reason: Option<&'a str>,
+    /// Entering REQUIRES_REVIEW: the review janitor's first re-check (None:
+    /// no janitor). Any other status clears the schedule.
+    pub first_review_at: Option<DateTime<Utc>>,
 }
 
 /// Applies `change` if the refund's status allows its transition. True if
@@ -239,7 +245,10 @@ pub struct Change<'a> {
 pub async fn transition(conn: &mut PgConnection, change: &Change<'_>) -> sqlx::Result<bool> {
     let updated = sqlx::query(
         "UPDATE refunds SET status = $2, last_applied_attempt = GREATEST(last_applied_attempt, $3),
-             psp_reference = COALESCE($4, psp_reference), failure_reason = $5, updated_at = now()
+             psp_reference = COALESCE($4, psp_reference), failure_reason = $5,
+             review_checks = 0,
+             next_review_at = CASE WHEN $2 = 'REQUIRES_REVIEW' THEN $8 END,
+             updated_at = now()
          WHERE refund_id = $1 AND status = ANY($6) AND (NOT $7 OR last_applied_attempt = $3 - 1)",
     )
     .bind(change.refund_id)
@@ -249,6 +258,7 @@ pub async fn transition(conn: &mut PgConnection, change: &Change<'_>) -> sqlx::R
     .bind(change.reason)
     .bind(change.transition.sources())
     .bind(change.in_order)
+    .bind(change.first_review_at)
     .execute(conn)
     .await?
     .rows_affected();
@@ -270,7 +280,8 @@ impl RefundRow {
     }
 }
 
-/// Settles a refund in REQUIRES_REVIEW (a notification) and appends its
+/// Settles a refund in REQUIRES_REVIEW (a notification, the review janitor)
+/// and appends its
 /// `RefundFinalized` event to the outbox, in one transaction. False if it
 /// was no longer in review (nothing written).
 pub async fn settle_review(
@@ -290,6 +301,7 @@ pub async fn settle_review(
         in_order: false,
         psp_reference,
         reason,
+        first_review_at: None,
     };
     if !transition(&mut tx, &change).await? {
         tx.rollback().await?;
@@ -358,6 +370,42 @@ pub async fn pass_attempt(pool: &PgPool, refund_id: Uuid, attempt: i32) -> sqlx:
     .bind(refund_id)
     .bind(attempt)
     .bind(RefundTransition::Attempt.sources())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Refunds in review whose janitor re-check is due, oldest due first.
+pub async fn due_reviews(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<RefundRow>> {
+    sqlx::query_as(
+        "SELECT * FROM refunds
+         WHERE next_review_at IS NOT NULL AND next_review_at <= now() AND status = 'REQUIRES_REVIEW'
+         ORDER BY next_review_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The janitor asked and the PSP still does not know: records check
+/// number `checks` and schedules the next (None: the schedule is spent, a
+/// notification or a human settles it). Guarded by the status and by the
+/// previous count, so a check another node already recorded, or a refund
+/// settled meanwhile, changes nothing. True if it applied.
+pub async fn next_review(
+    pool: &PgPool,
+    refund_id: Uuid,
+    checks: i32,
+    next_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE refunds SET review_checks = $2, next_review_at = $3, updated_at = now()
+         WHERE refund_id = $1 AND status = 'REQUIRES_REVIEW' AND review_checks = $2 - 1",
+    )
+    .bind(refund_id)
+    .bind(checks)
+    .bind(next_at)
     .execute(pool)
     .await?
     .rows_affected();
