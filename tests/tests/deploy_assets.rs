@@ -622,6 +622,29 @@ fn helm_values_and_templates_use_only_real_config_keys() {
         let text = std::fs::read_to_string(&path).expect("template");
         template_vars.extend(paynode_vars_in(&text));
     }
+    // Adapter secrets are a map in values: the env block ranges over it,
+    // so every entry becomes PAYNODE_SECRETS__<NAME> (read from its
+    // kebab-case key) and a new adapter's secret needs no template change.
+    let env_tpl = std::fs::read_to_string(templates.join("_env.tpl")).expect("_env.tpl");
+    assert!(
+        env_tpl.contains("range $name, $_ := .Values.secrets")
+            && env_tpl.contains("PAYNODE_SECRETS__{{ upper $name }}"),
+        "the env block does not export every entry of values.secrets"
+    );
+    let secret_tpl = std::fs::read_to_string(templates.join("secret.yaml")).expect("secret.yaml");
+    assert!(
+        secret_tpl.contains("range $name, $value := .Values.secrets"),
+        "the chart's Secret does not store every entry of values.secrets"
+    );
+    let secrets = values["secrets"].as_mapping().expect("values.secrets");
+    assert!(
+        !secrets.is_empty(),
+        "values.secrets lists no adapter secret"
+    );
+    for name in secrets.keys() {
+        let name = name.as_str().expect("secret name");
+        template_vars.insert(format!("PAYNODE_SECRETS__{}", name.to_uppercase()));
+    }
     for expected in [
         "PAYNODE_HTTP__LISTEN",
         "PAYNODE_DATABASE__URL",

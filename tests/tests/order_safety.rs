@@ -3,7 +3,8 @@
 //! of its first call; a parked order is neither charged nor re-pinned by a
 //! queued retry; an aborted dead letter never parks its order; a trap after
 //! a request left is an unknown outcome, not a parking; a second claim
-//! holder waits out the first one's lease; a guarded update that applied
+//! holder waits out the first one's lease but takes its outcome as soon as
+//! it lands; a guarded update that applied
 //! nothing produces nothing; only the next attempt is charged; a poisoned
 //! balance is dead-lettered while every other balance moves; the review
 //! janitor settles an unknown outcome by `status`.
@@ -279,6 +280,32 @@ async fn a_trap_after_the_request_left_is_unknown_not_parked() {
     node.stop().await;
 }
 
+/// Another node claims attempt 2 and is mid-charge until its lease ends.
+async fn claim_elsewhere(node: &TestNode, order: Uuid, lease_secs: i32) {
+    sqlx::query(
+        "INSERT INTO psp_attempts (payment_order_id, attempt, idempotency_key, component_sha256, trace_id, node_id, lease_until)
+         SELECT payment_order_id, 2, psp_idempotency_key, adapter_sha256, 'other', 'node-b#1', now() + make_interval(secs => $2)
+         FROM payment_orders WHERE payment_order_id = $1",
+    )
+    .bind(order)
+    .bind(lease_secs as f64)
+    .execute(&node.pool)
+    .await
+    .unwrap();
+}
+
+/// The other node's charge of attempt 2 ends: it records its outcome.
+async fn finish_first_holder(node: &TestNode, order: Uuid) {
+    sqlx::query(
+        "UPDATE psp_attempts SET outcome = 'succeeded', psp_reference = 'ref-first-holder', latency_ms = 1, finished_at = now()
+         WHERE payment_order_id = $1 AND attempt = 2 AND outcome IS NULL",
+    )
+    .bind(order)
+    .execute(&node.pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_claim_holder_waits_for_the_lease_and_keeps_the_first_outcome() {
     // Attempt 2's `status` would say "declined": had the second holder
@@ -288,28 +315,32 @@ async fn a_second_claim_holder_waits_for_the_lease_and_keeps_the_first_outcome()
         TestNode::start(scripted_config("transient,succeeded", "declined", 1_500).await).await;
     let (payment, order) = pay_one(&node, "seller-lease", 1_000).await;
     wait_retry_scheduled(&node, order).await;
-    // Another node claimed attempt 2 and is mid-charge for 3 more seconds.
-    sqlx::query(
-        "INSERT INTO psp_attempts (payment_order_id, attempt, idempotency_key, component_sha256, trace_id, node_id, lease_until)
-         SELECT payment_order_id, 2, psp_idempotency_key, adapter_sha256, 'other', 'node-b#1', now() + interval '3 seconds'
-         FROM payment_orders WHERE payment_order_id = $1",
-    )
-    .bind(order)
-    .execute(&node.pool)
-    .await
-    .unwrap();
+    claim_elsewhere(&node, order, 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(status_of(&node, order).await, "PENDING");
-    // The first holder finishes inside its lease.
-    sqlx::query(
-        "UPDATE psp_attempts SET outcome = 'succeeded', psp_reference = 'ref-first-holder', latency_ms = 1, finished_at = now()
-         WHERE payment_order_id = $1 AND attempt = 2 AND outcome IS NULL",
-    )
-    .bind(order)
-    .execute(&node.pool)
-    .await
-    .unwrap();
+    finish_first_holder(&node, order).await;
     let view = node.wait_final(&payment).await;
+    assert_eq!(view["paymentOrders"][0]["status"], "SUCCEEDED", "{view:#}");
+    assert_eq!(view["paymentOrders"][0]["pspReference"], "ref-first-holder");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_claim_holder_takes_the_first_outcome_as_soon_as_it_lands() {
+    // After a rebalance the first holder usually finishes in milliseconds;
+    // the second must not sleep out a lease of minutes (holding its whole
+    // batch) before it sees that outcome.
+    let node =
+        TestNode::start(scripted_config("transient,succeeded", "declined", 1_500).await).await;
+    let (payment, order) = pay_one(&node, "seller-lease-poll", 1_000).await;
+    wait_retry_scheduled(&node, order).await;
+    claim_elsewhere(&node, order, 300).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status_of(&node, order).await, "PENDING");
+    finish_first_holder(&node, order).await;
+    let view = tokio::time::timeout(Duration::from_secs(20), node.wait_final(&payment))
+        .await
+        .expect("the second holder kept waiting for a lease after the outcome landed");
     assert_eq!(view["paymentOrders"][0]["status"], "SUCCEEDED", "{view:#}");
     assert_eq!(view["paymentOrders"][0]["pspReference"], "ref-first-holder");
     node.stop().await;

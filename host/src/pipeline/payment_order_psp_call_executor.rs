@@ -43,6 +43,9 @@ use crate::store::attempts::{self, Claim, ClaimRequest, Claimant, Finish};
 use crate::store::orders::{self, Pin};
 use crate::store::payments::{AttemptRow, OrderRow};
 
+/// How often a claim held elsewhere is re-read for its outcome.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+
 pub struct PaymentOrderPspCallExecutor {
     ctx: PipelineContext,
     /// `instance#boot`: names this process's claims, so after a restart the
@@ -396,9 +399,14 @@ impl PaymentOrderPspCallExecutor {
     /// An open claim of another holder: it may be mid-charge, so wait for
     /// its lease to run out (a claim of this node's earlier life is
     /// orphaned at once), then take it over, unless its outcome arrives.
+    /// The claim is re-read every `CLAIM_POLL` while it is waited for: after
+    /// a rebalance the first holder usually records its outcome within
+    /// milliseconds, and sleeping out a whole lease (minutes) would hold
+    /// this batch and every order behind it.
     async fn await_claim(&self, mut row: AttemptRow) -> Result<AttemptRow, Failure> {
         let (order_id, attempt) = (row.payment_order_id, row.attempt);
         let instance = format!("{}#", self.ctx.config.stages.instance_id);
+        let mut logged = false;
         loop {
             if row.outcome.is_some() {
                 return Ok(row);
@@ -412,8 +420,13 @@ impl PaymentOrderPspCallExecutor {
                 .to_std()
                 .unwrap_or_default();
             if !orphaned && !wait.is_zero() {
-                tracing::info!(%order_id, attempt, holder = %row.node_id, wait_ms = wait.as_millis() as u64, "attempt claimed elsewhere; waiting for its lease");
-                tokio::time::sleep(wait + Duration::from_millis(50)).await;
+                if !logged {
+                    tracing::info!(%order_id, attempt, holder = %row.node_id, lease_left_ms = wait.as_millis() as u64, "attempt claimed elsewhere; waiting for its outcome or its lease");
+                    logged = true;
+                }
+                tokio::time::sleep(wait.min(CLAIM_POLL)).await;
+                row = attempts::get(&self.ctx.pool, order_id, attempt).await?;
+                continue;
             }
             let claimant = self.claimant();
             if let Some(taken) =

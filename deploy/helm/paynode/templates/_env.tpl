@@ -29,12 +29,14 @@ PAYNODE_<SECTION>__<KEY> (figment lower-cases and splits on "__").
       name: {{ include "paynode.secretName" . }}
       key: kafka-sasl-password
 {{- end }}
-- name: PAYNODE_SECRETS__PSP_API_KEY
+{{- range $name, $_ := .Values.secrets }}
+- name: PAYNODE_SECRETS__{{ upper $name }}
   valueFrom:
     secretKeyRef:
-      name: {{ include "paynode.secretName" . }}
-      key: psp-api-key
+      name: {{ include "paynode.secretName" $ }}
+      key: {{ include "paynode.secretKey" $name }}
       optional: true
+{{- end }}
 {{- end -}}
 
 {{- define "paynode.volumeMounts" -}}

@@ -101,3 +101,19 @@ and toToml would write `500.0`, which the node refuses for integer keys.
 {{ include "paynode.tomlTable" (dict "path" (toJson $section) "table" $table) }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The Secret key of an adapter secret: its name in kebab case (psp_api_key ->
+psp-api-key). A name whose key would be one of the node's own credentials is
+refused, so an adapter secret can never shadow or read one of them.
+*/}}
+{{- define "paynode.secretKey" -}}
+{{- $key := . | lower | replace "_" "-" -}}
+{{- if has $key (list "database-url" "redis-url" "hs256-secret" "kafka-sasl-password") -}}
+{{- fail (printf "secrets.%s: the key %s is one of the node's own credentials; choose another name" . $key) -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z0-9_]+$" (. | lower)) -}}
+{{- fail (printf "secrets.%s: names are letters, digits and underscores (they become PAYNODE_SECRETS__<NAME>)" .) -}}
+{{- end -}}
+{{- $key -}}
+{{- end -}}
