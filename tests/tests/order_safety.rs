@@ -280,6 +280,10 @@ async fn a_trap_after_the_request_left_is_unknown_not_parked() {
     node.stop().await;
 }
 
+/// The retry delay of the claim tests: long enough that the other node's
+/// claim is in place before attempt 2 is due, even on a loaded machine.
+const RETRY_MS: u64 = 4_000;
+
 /// Another node claims attempt 2 and is mid-charge until its lease ends.
 async fn claim_elsewhere(node: &TestNode, order: Uuid, lease_secs: i32) {
     sqlx::query(
@@ -312,11 +316,12 @@ async fn a_second_claim_holder_waits_for_the_lease_and_keeps_the_first_outcome()
     // asked it at once, it would have recorded that over the first holder's
     // charge, which is still running.
     let node =
-        TestNode::start(scripted_config("transient,succeeded", "declined", 1_500).await).await;
+        TestNode::start(scripted_config("transient,succeeded", "declined", RETRY_MS).await).await;
     let (payment, order) = pay_one(&node, "seller-lease", 1_000).await;
     wait_retry_scheduled(&node, order).await;
-    claim_elsewhere(&node, order, 3).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    claim_elsewhere(&node, order, 8).await;
+    // The retry (due within RETRY_MS) finds the claim and waits.
+    tokio::time::sleep(Duration::from_millis(RETRY_MS + 1_000)).await;
     assert_eq!(status_of(&node, order).await, "PENDING");
     finish_first_holder(&node, order).await;
     let view = node.wait_final(&payment).await;
@@ -331,11 +336,11 @@ async fn a_second_claim_holder_takes_the_first_outcome_as_soon_as_it_lands() {
     // the second must not sleep out a lease of minutes (holding its whole
     // batch) before it sees that outcome.
     let node =
-        TestNode::start(scripted_config("transient,succeeded", "declined", 1_500).await).await;
+        TestNode::start(scripted_config("transient,succeeded", "declined", RETRY_MS).await).await;
     let (payment, order) = pay_one(&node, "seller-lease-poll", 1_000).await;
     wait_retry_scheduled(&node, order).await;
     claim_elsewhere(&node, order, 300).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(RETRY_MS + 1_000)).await;
     assert_eq!(status_of(&node, order).await, "PENDING");
     finish_first_holder(&node, order).await;
     let view = tokio::time::timeout(Duration::from_secs(20), node.wait_final(&payment))
