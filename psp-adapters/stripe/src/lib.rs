@@ -24,7 +24,9 @@
 pub mod mapping;
 pub mod webhook;
 
+use mapping::{map_charge_response, map_refund_lookup, map_refund_response, map_search_response};
 use paynode_guest::json::{self, bearer, header};
+use paynode_guest::outcome::{from_http_error, from_status_http_error};
 use paynode_guest::v2::{self, Guest, Incoming, Notification, RefundRequest, Rejection};
 use paynode_guest::{
     money, outcome, ChargeRequest, HttpError, Outcome, PluginInfo, Request, Response, Settings,
@@ -163,51 +165,47 @@ impl Guest for Stripe {
     }
 
     fn charge(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {
-        let http_request = charge_request(&config, &request);
-        let map = mapping::map_charge_response;
+        let sent = charge_request(&config, &request);
         exchange(
             "charge",
             order(&request),
-            http_request,
-            map,
-            outcome::from_http_error,
+            sent,
+            map_charge_response,
+            from_http_error,
         )
     }
 
     fn status(config: Vec<(String, String)>, request: ChargeRequest) -> Outcome {
-        let http_request = status_request(&config, &request);
-        let map = mapping::map_search_response;
+        let sent = status_request(&config, &request);
         exchange(
             "status",
             order(&request),
-            http_request,
-            map,
-            outcome::from_http_error,
+            sent,
+            map_search_response,
+            from_http_error,
         )
     }
 
     fn refund(config: Vec<(String, String)>, request: RefundRequest) -> Outcome {
-        let http_request = refund_request(&config, &request);
-        let map = mapping::map_refund_response;
+        let sent = refund_request(&config, &request);
         exchange(
             "refund",
             refund(&request),
-            http_request,
-            map,
-            outcome::from_http_error,
+            sent,
+            map_refund_response,
+            from_http_error,
         )
     }
 
     fn refund_status(config: Vec<(String, String)>, request: RefundRequest) -> Outcome {
-        let http_request = refund_status_request(&config, &request);
-        let map = |resp: &Response| mapping::map_refund_lookup(resp, &request.idempotency_key);
-        let on_error = outcome::from_status_http_error;
+        let sent = refund_status_request(&config, &request);
+        let map = |resp: &Response| map_refund_lookup(resp, &request.idempotency_key);
         exchange(
             "refund-status",
             refund(&request),
-            http_request,
+            sent,
             map,
-            on_error,
+            from_status_http_error,
         )
     }
 
