@@ -62,7 +62,8 @@ pub fn get(url: String, headers: Vec<(String, String)>) -> Request {
     }
 }
 
-/// Sends through the host (which enforces the egress policy and caps).
+/// Sends through the host (which enforces the egress policy and caps):
+/// the 1.0.0 `http` import; a 2.0.0 adapter sends with `v2::send`.
 pub fn send(request: &Request) -> Result<Response, HttpError> {
     http::send(request)
 }

@@ -11,7 +11,11 @@
 //! - [`json`]: typed JSON (and form) requests and responses over the host
 //!   `http` import, with `{{secret:NAME}}` placeholders for credentials;
 //! - [`money`]: amount checks and decimal formatting by currency exponent;
-//! - [`Settings`]: the activation's guest configuration.
+//! - [`Settings`]: the activation's guest configuration;
+//! - `v2` (feature `v2`): the 2.0.0 world (refunds, notifications, HMAC).
+
+// Lets the generated bindings name this crate the same way inside and out.
+extern crate self as paynode_guest;
 
 /// The generated bindings (in a module of their own: the exported macros
 /// land at the crate root, and must not meet their own re-exports there).
@@ -33,6 +37,8 @@ pub mod json;
 pub mod money;
 pub mod outcome;
 pub mod table;
+#[cfg(feature = "v2")]
+pub mod v2;
 
 pub use bindings::paynode::psp_adapter::http::{self, HttpError, Request, Response};
 pub use bindings::paynode::psp_adapter::log::{self, Level};

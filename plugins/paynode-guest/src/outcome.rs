@@ -62,6 +62,13 @@ pub fn never_charged(message: impl Into<String>) -> Outcome {
     transient("not_found", message)
 }
 
+/// A `refund-status` answer for "the PSP has no refund under this key":
+/// it never refunded, so the host may send the refund again with the same
+/// key. As for [`never_charged`], only when the lookup is authoritative.
+pub fn never_refunded(message: impl Into<String>) -> Outcome {
+    transient("not_found", message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
