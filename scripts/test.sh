@@ -39,13 +39,7 @@ PAYNODE_GUEST_TARGET_DIR="$HOME/.cache/paynode/guest-target-outside" \
 "$paynode_bin" plugin test "$outside/psp-outside/target/psp-outside.wasm" "$outside/psp-outside/fixtures"
 
 echo "== tests"
-# activation_and_rollback_reach_every_node_under_load is skipped on both
-# brokers for now: since stop 16's merges its PSP stage stalls after the
-# second node joins in about half the runs on nisshi (no call with the new
-# adapter within 30 s; orders stranded before their first PSP call). It
-# is not static membership nor the idle marker commit (each disabled,
-# it still failed); the first thing to fix next (issue 10).
-cargo test -- --skip activation_and_rollback_reach_every_node_under_load
+cargo test
 # The reference components' pure logic, natively (the same code the
 # fixtures above exercise as components).
 cargo test -q -p paynode-guest -p psp-simulator -p psp-simulator-v1 -p psp-stripe -p retry-equal-jitter -p ledger-marketplace
@@ -53,10 +47,8 @@ cargo test -q -p paynode-guest -p psp-simulator -p psp-simulator-v1 -p psp-strip
 # The integration suite again on noida-db, which hides records of aborted
 # transactions from read_committed readers as Kafka does: there the
 # exactly-once checks (no event id twice on a topic, an aborted record never
-# read) are asserted, not skipped. Three tests are left out, by name
+# read) are asserted, not skipped. Two tests are left out, by name
 # (README, "A second broker that hides aborted records"):
-#  - activation_and_rollback_reach_every_node_under_load: noida-db's group
-#    coordinator stalls a JoinGroup when a second node joins a stage group;
 #  - sigkill_under_load_loses_nothing_and_never_charges_twice: passes on
 #    noida-db since each life of a worker produces under a new producer id,
 #    but not yet every run (1 of 2: once the ledger request topic's reader
@@ -69,7 +61,6 @@ echo "== integration tests on noida-db (exactly-once checks on)"
 PAYNODE_TEST_BROKERS=127.0.0.1:9096 PAYNODE_DURABLE_TEST_BROKERS=127.0.0.1:9096 \
 PAYNODE_TEST_BROKER_HIDES_ABORTED=1 \
   cargo test -p paynode-tests -- \
-    --skip activation_and_rollback_reach_every_node_under_load \
     --skip sigkill_under_load_loses_nothing_and_never_charges_twice \
     --skip node_runs_over_tls_with_scram \
     --skip postgres_restarted_mid_load --skip postgres_down_for_20s
