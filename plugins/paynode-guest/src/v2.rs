@@ -9,7 +9,7 @@
 //! both worlds. What *calls* the host is per world: a 2.0.0 adapter sends
 //! with [`send`] and logs with [`debug`] from this module (the crate-root
 //! ones import the 1.0.0 interfaces, which the host refuses a 2.0.0
-//! component). It implements [`Guest`] and calls
+//! component), and waits with [`delay`]. It implements [`Guest`] and calls
 //! `paynode_guest::v2::export_adapter_v2!(MyAdapter);`.
 
 /// The generated 2.0.0 bindings, reusing the crate-root types.
@@ -48,6 +48,12 @@ use crate::{HttpError, Level, Request, Response};
 /// Sends through the host's 2.0.0 `http` import.
 pub fn send(request: &Request) -> Result<Response, HttpError> {
     http::send(request)
+}
+
+/// Holds the call `ms` milliseconds through the host's 2.0.0 `http.delay`
+/// (simulators only: a guest cannot sleep; the host caps the wait).
+pub fn delay(ms: u32) {
+    http::delay(ms);
 }
 
 /// Writes a debug log line through the 2.0.0 `log` import.
