@@ -110,34 +110,6 @@ struct Worker<S: Stage> {
     failpoint: Arc<AbortFailpoint>,
 }
 
-impl<S: Stage> Drop for Worker<S> {
-    fn drop(&mut self) {
-        close_off_runtime(self.consumer.clone());
-    }
-}
-
-/// Closes a consumer on a thread of its own once nothing else holds it.
-/// librdkafka's close (run when the consumer is dropped) handles the final
-/// revoke with an `rd_kafka_assign` that has no timeout; on noida-db it was
-/// seen to wait forever, which held a runtime worker thread and then the
-/// runtime's shutdown (a test that never ended). Off the runtime, such a
-/// close costs one parked thread until the process exits; a close that
-/// ends frees it.
-fn close_off_runtime(consumer: Arc<StageConsumer>) {
-    let closing = std::thread::Builder::new()
-        .name("consumer-close".into())
-        .spawn(move || {
-            // Commits still in flight hold clones; the last holder closes.
-            while Arc::strong_count(&consumer) > 1 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            drop(consumer);
-        });
-    if let Err(error) = closing {
-        tracing::warn!(%error, "could not start a thread to close a consumer; closing it here");
-    }
-}
-
 impl<S: Stage> Worker<S> {
     async fn new(
         stage: Arc<S>,
@@ -178,7 +150,7 @@ impl<S: Stage> Worker<S> {
             std::slice::from_ref(&self.input),
         )?;
         self.revoked = consumer.context().revoked();
-        close_off_runtime(std::mem::replace(&mut self.consumer, Arc::new(consumer)));
+        self.consumer = Arc::new(consumer);
         Ok(())
     }
 
