@@ -27,14 +27,27 @@ wait_port() {
   say "$name did not open port $port"; return 1
 }
 
+# An open port is not a usable server: after a crash or an unclean stop
+# PostgreSQL listens while it replays its WAL and refuses every login ("the
+# database system is in recovery mode"). Wait until a query answers.
+wait_postgres_ready() {
+  for i in $(seq 1 600); do
+    psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1" >/dev/null 2>&1 && return 0
+    [ $((i % 25)) -eq 0 ] && say "postgres: not accepting queries yet (${i}x0.5 s)"
+    sleep 0.5
+  done
+  say "postgres: no query answered in 300 s"; return 1
+}
+
 ensure_postgres() {
-  if port_open 5432; then say "postgres: running"; return; fi
+  if port_open 5432; then say "postgres: running"; wait_postgres_ready; return; fi
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
     say "postgres: installing"; as_root apt-get install -y -qq postgresql >/dev/null
   fi
   say "postgres: starting"
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   wait_port 5432 postgres
+  wait_postgres_ready
 }
 
 ensure_redis() {
