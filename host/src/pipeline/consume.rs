@@ -83,6 +83,93 @@ pub fn consumer(
     Ok(consumer)
 }
 
+/// How long a worker waits for its old consumer's close before it goes on
+/// without it: well inside the node's 20 s stop budget, so a stopping
+/// worker still closes in order.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// A worker's consumer, closed off the async runtime. librdkafka's close
+/// (run when the last handle drops) handles the final revoke with an
+/// `rd_kafka_assign` that has no timeout; on noida-db it was seen to wait
+/// forever, holding a runtime worker thread and then the runtime's shutdown.
+/// On a thread of its own such a close costs that thread, nothing more.
+pub struct OwnedConsumer(Option<Arc<StageConsumer>>);
+
+impl OwnedConsumer {
+    pub fn new(consumer: StageConsumer) -> Self {
+        OwnedConsumer(Some(Arc::new(consumer)))
+    }
+
+    /// A handle for a batch's commit, which runs on a blocking thread.
+    pub fn shared(&self) -> Arc<StageConsumer> {
+        self.0.clone().expect("an open consumer")
+    }
+
+    /// Closes the consumer and waits (bounded) for the close to end; it is
+    /// closed from then on. The wait matters: a successor joins with the
+    /// same static member id (`group.instance.id`), and two live members
+    /// under one id fence each other.
+    pub async fn close(&mut self, stage: &str) {
+        let closed = close_off_runtime(self.0.take());
+        if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+            let waited = CLOSE_WAIT.as_secs();
+            tracing::warn!(
+                stage,
+                waited,
+                "consumer close still running; going on without it"
+            );
+        }
+    }
+}
+
+impl std::ops::Deref for OwnedConsumer {
+    type Target = StageConsumer;
+
+    fn deref(&self) -> &StageConsumer {
+        self.0.as_deref().expect("an open consumer")
+    }
+}
+
+/// A worker dropped without `close` (its task cancelled at shutdown) still
+/// closes off the runtime; nothing waits for it.
+impl Drop for OwnedConsumer {
+    fn drop(&mut self) {
+        drop(close_off_runtime(self.0.take()));
+    }
+}
+
+/// Drops the last handle of `consumer` on a thread of its own (a commit still
+/// running holds a clone; the close waits for it) and says when it is done.
+fn close_off_runtime(consumer: Option<Arc<StageConsumer>>) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let Some(consumer) = consumer else {
+        let _ = done.send(());
+        return closed;
+    };
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            let mut consumer = consumer;
+            loop {
+                match Arc::try_unwrap(consumer) {
+                    Ok(last) => {
+                        drop(last);
+                        break;
+                    }
+                    Err(shared) => consumer = shared,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = done.send(());
+        });
+    if let Err(error) = closing {
+        // The closure (and the consumer in it) was dropped here, on the
+        // caller: the old hazard, but only when no thread can be had.
+        tracing::warn!(%error, "no thread to close a consumer on; closed in place");
+    }
+    closed
+}
+
 /// What woke a stage worker waiting for its next batch.
 pub enum Woken<T> {
     Batch(Vec<Inbound>),

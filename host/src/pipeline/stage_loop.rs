@@ -34,7 +34,7 @@ use crate::domain::events::Envelope;
 use crate::kafka;
 
 use super::commit::{AbortFailpoint, Commit, CommitError};
-use super::consume::{self, collect, rewind, Inbound, StageConsumer, Woken};
+use super::consume::{self, collect, rewind, Inbound, OwnedConsumer, Woken};
 use super::decision::{decode, event_span, Decision, Failure};
 use super::{dlq, PipelineContext};
 
@@ -104,7 +104,7 @@ struct Worker<S: Stage> {
     member: String,
     input: String,
     txid: String,
-    consumer: Arc<StageConsumer>,
+    consumer: OwnedConsumer,
     revoked: Arc<AtomicBool>,
     producer: Arc<FutureProducer>,
     failpoint: Arc<AbortFailpoint>,
@@ -129,7 +129,7 @@ impl<S: Stage> Worker<S> {
         let consumer = consume::consumer(&ctx, &group, &member, std::slice::from_ref(&input))?;
         Ok(Worker {
             revoked: consumer.context().revoked(),
-            consumer: Arc::new(consumer),
+            consumer: OwnedConsumer::new(consumer),
             stage,
             ctx,
             group,
@@ -141,8 +141,10 @@ impl<S: Stage> Worker<S> {
         })
     }
 
-    /// A fresh consumer resumes from the group's committed offsets.
-    fn rebuild_consumer(&mut self) -> anyhow::Result<()> {
+    /// A fresh consumer resumes from the group's committed offsets. The old
+    /// one is closed first: both use this worker's static member id.
+    async fn rebuild_consumer(&mut self) -> anyhow::Result<()> {
+        self.consumer.close(self.stage.name()).await;
         let consumer = consume::consumer(
             &self.ctx,
             &self.group,
@@ -150,7 +152,7 @@ impl<S: Stage> Worker<S> {
             std::slice::from_ref(&self.input),
         )?;
         self.revoked = consumer.context().revoked();
-        self.consumer = Arc::new(consumer);
+        self.consumer = OwnedConsumer::new(consumer);
         Ok(())
     }
 
@@ -166,11 +168,11 @@ impl<S: Stage> Worker<S> {
     }
 
     /// Moves the consumer back to the batch's first records, or rebuilds it.
-    fn rewind(&mut self, batch: &[Inbound]) -> anyhow::Result<()> {
+    async fn rewind(&mut self, batch: &[Inbound]) -> anyhow::Result<()> {
         if rewind(&self.consumer, batch) {
             return Ok(());
         }
-        self.rebuild_consumer()
+        self.rebuild_consumer().await
     }
 
     /// Idle, nothing in flight: every record this consumer returned is
@@ -228,7 +230,7 @@ impl<S: Stage> Worker<S> {
             stage: self.stage.name(),
             input_topic: self.stage.input_topic(),
             names: self.ctx.names.clone(),
-            consumer: self.consumer.clone(),
+            consumer: self.consumer.shared(),
             producer: self.producer.clone(),
             revoked: self.revoked.clone(),
             failpoint: self.failpoint.clone(),
@@ -263,13 +265,18 @@ impl<S: Stage> Worker<S> {
             Ok(Err(CommitError::Aborted(reason))) => {
                 tracing::warn!(stage = name, %reason, "transaction aborted; rewinding");
                 crate::metrics::stage_batch(name, "aborted", records, done.started);
+                if shutdown.is_cancelled() {
+                    // Stopping: the next life resumes from the committed
+                    // offsets; a new consumer now would only join to leave.
+                    return Ok(false);
+                }
                 // After a revocation the positions are the group's business:
                 // a fresh consumer resumes from the committed offsets, which
                 // a seek on a half-reassigned partition cannot guarantee.
                 if self.revoked.load(Ordering::SeqCst) {
-                    self.rebuild_consumer()?;
+                    self.rebuild_consumer().await?;
                 } else {
-                    self.rewind(&done.batch)?;
+                    self.rewind(&done.batch).await?;
                 }
                 Ok(false)
             }
@@ -277,9 +284,12 @@ impl<S: Stage> Worker<S> {
                 crate::metrics::stage_batch(name, "fatal", records, done.started);
                 tracing::error!(stage = name, error = %format!("{error:#}"), "producer unusable; re-initialising it");
                 self.replace_producer(shutdown).await;
+                if shutdown.is_cancelled() {
+                    return Ok(false);
+                }
                 // Whether the broker kept the transaction is unknown: the
                 // group's committed offsets say where to resume.
-                self.rebuild_consumer()?;
+                self.rebuild_consumer().await?;
                 Ok(false)
             }
             Err(panicked) => {
@@ -299,80 +309,91 @@ pub async fn run<S: Stage>(
     failpoint: Arc<AbortFailpoint>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let kafka = ctx.config.kafka.clone();
-    let concurrency = ctx.config.stages.per_batch_concurrency;
-    let wait = Duration::from_millis(kafka.batch_max_wait_ms);
     let mut w = Worker::new(stage.clone(), ctx, worker, failpoint).await?;
     tracing::info!(stage = stage.name(), worker, input = %w.input, "stage worker started");
-    let mut in_flight: Option<InFlight> = None;
-    let mut backoff = Duration::from_millis(100);
+    let result = w.work(&shutdown).await;
+    // On every way out: a restarted worker joins under the same member id.
+    w.consumer.close(stage.name()).await;
+    tracing::info!(stage = stage.name(), worker, "stage worker stopped");
+    result
+}
 
-    loop {
-        if in_flight.is_none() {
-            // Nothing open: a revocation before this batch concerns no one.
-            w.revoked.store(false, Ordering::SeqCst);
-        }
-        // With a commit in flight, its end wakes the loop; with none, a
-        // quiet spell does (to commit past trailing transaction markers).
-        let previous = async {
-            match in_flight.as_mut() {
-                Some(open) => Some((&mut open.commit).await),
-                None => {
-                    tokio::time::sleep(IDLE).await;
-                    None
+impl<S: Stage> Worker<S> {
+    /// Reads, decides and commits batches until shutdown; one commit runs
+    /// while the next batch is decided.
+    async fn work(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let kafka = self.ctx.config.kafka.clone();
+        let concurrency = self.ctx.config.stages.per_batch_concurrency;
+        let wait = Duration::from_millis(kafka.batch_max_wait_ms);
+        let mut in_flight: Option<InFlight> = None;
+        let mut backoff = Duration::from_millis(100);
+
+        loop {
+            if in_flight.is_none() {
+                // Nothing open: a revocation before this batch concerns no one.
+                self.revoked.store(false, Ordering::SeqCst);
+            }
+            // With a commit in flight, its end wakes the loop; with none, a
+            // quiet spell does (to commit past trailing transaction markers).
+            let previous = async {
+                match in_flight.as_mut() {
+                    Some(open) => Some((&mut open.commit).await),
+                    None => {
+                        tokio::time::sleep(IDLE).await;
+                        None
+                    }
+                }
+            };
+            let batch = match collect(
+                &self.consumer,
+                kafka.batch_max_records,
+                wait,
+                shutdown,
+                previous,
+            )
+            .await
+            {
+                Woken::Batch(batch) => batch,
+                Woken::Other(Some(result)) => {
+                    let done = in_flight.take().expect("a commit was in flight");
+                    self.settle(done, result, shutdown).await?;
+                    continue;
+                }
+                Woken::Other(None) => {
+                    self.commit_past_markers();
+                    continue;
+                }
+                Woken::Shutdown => break,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let decisions = self.stage.handle_batch(&batch, concurrency).await;
+            if let Some(mut open) = in_flight.take() {
+                let result = (&mut open.commit).await;
+                if !self.settle(open, result, shutdown).await? {
+                    // Rewound to the aborted batch: this one is read again.
+                    continue;
                 }
             }
-        };
-        let batch = match collect(
-            &w.consumer,
-            kafka.batch_max_records,
-            wait,
-            &shutdown,
-            previous,
-        )
-        .await
-        {
-            Woken::Batch(batch) => batch,
-            Woken::Other(Some(result)) => {
-                let done = in_flight.take().expect("a commit was in flight");
-                w.settle(done, result, &shutdown).await?;
+            if let Some(error) = first_retryable(&decisions) {
+                tracing::warn!(stage = self.stage.name(), error = %format!("{error:#}"), "batch failed; rewinding");
+                crate::metrics::stage_batch(self.stage.name(), "retry", batch.len(), started);
+                self.rewind(&batch).await?;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
-            Woken::Other(None) => {
-                w.commit_past_markers();
-                continue;
-            }
-            Woken::Shutdown => break,
-        };
-        if batch.is_empty() {
-            continue;
+            backoff = Duration::from_millis(100);
+            in_flight = Some(self.start_commit(batch, decisions, started));
         }
-        let started = Instant::now();
-        let decisions = stage.handle_batch(&batch, concurrency).await;
         if let Some(mut open) = in_flight.take() {
             let result = (&mut open.commit).await;
-            if !w.settle(open, result, &shutdown).await? {
-                // Rewound to the aborted batch: this one is read again.
-                continue;
-            }
+            self.settle(open, result, shutdown).await?;
         }
-        if let Some(error) = first_retryable(&decisions) {
-            tracing::warn!(stage = stage.name(), error = %format!("{error:#}"), "batch failed; rewinding");
-            crate::metrics::stage_batch(stage.name(), "retry", batch.len(), started);
-            w.rewind(&batch)?;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        in_flight = Some(w.start_commit(batch, decisions, started));
+        Ok(())
     }
-    if let Some(mut open) = in_flight.take() {
-        let result = (&mut open.commit).await;
-        w.settle(open, result, &shutdown).await?;
-    }
-    tracing::info!(stage = stage.name(), worker, "stage worker stopped");
-    Ok(())
 }
 
 fn first_retryable(decisions: &[Decision]) -> Option<&anyhow::Error> {
