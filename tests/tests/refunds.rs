@@ -191,6 +191,61 @@ async fn concurrent_refunds_never_exceed_the_capture() {
     node.stop().await;
 }
 
+/// Drops this node's retry queue from Redis, as a Redis restarted empty
+/// would (it keeps nothing on disk); how many keys it removed.
+async fn forget_retries(node: &TestNode) -> i64 {
+    let client = redis::Client::open(node.config.redis.url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ["queue", "inflight", "payloads"]
+        .iter()
+        .map(|k| format!("{}paynode:retry:{k}", node.config.kafka.prefix))
+        .collect();
+    redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap()
+}
+
+/// A refund's retry lost from Redis is rebuilt from Postgres by the
+/// sweeper (as an order's is): the refund still settles, with one more
+/// attempt, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_retry_lost_by_redis_is_rebuilt_from_postgres() {
+    let mut config = scripted_config("succeeded", "succeeded", 6_000).await;
+    config
+        .components
+        .psp_adapter
+        .config
+        .insert("refund-script".into(), "transient,succeeded".into());
+    config.retry.sweep_grace_ms = 500;
+    let node = TestNode::start(config).await;
+    let (_, order_id, _) = paid_order(&node, "s-9", 1_000).await;
+    let (status, refund) = post_refund(&node, &order_id, "lost-retry", 250).await;
+    assert_eq!(status, 202, "{refund}");
+    let id = refund["refundId"].as_str().unwrap().to_string();
+    // Attempt 1 answered transient: its retry waits in Redis, 3 to 6 s out.
+    let waiting = format!(
+        "SELECT count(*) FROM refunds
+         WHERE refund_id = '{id}' AND status = 'REQUESTED' AND last_applied_attempt = 1"
+    );
+    wait_until("attempt 1 applied", Duration::from_secs(30), || async {
+        node.scalar(&waiting).await == 1
+    })
+    .await;
+    assert!(forget_retries(&node).await >= 2, "the retry was in Redis");
+    let done = wait_refund(&node, &id, "SUCCEEDED").await;
+    assert!(done["pspReference"].as_str().unwrap().starts_with("simrf_"));
+    let attempts = node
+        .scalar(&format!(
+            "SELECT count(*) FROM refund_attempts WHERE refund_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(attempts, 2, "one transient attempt, one rebuilt retry");
+    wait_balance(&node, "s-9", 750).await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transient_refund_is_retried_and_an_unknown_one_settled_by_status() {
     let mut config = scripted_config("succeeded", "succeeded", 50).await;

@@ -33,6 +33,7 @@ pub mod refund_executor;
 pub mod refund_ledger_recorder;
 pub mod refund_review_janitor;
 pub mod retry_dispatcher_scheduler;
+pub mod retry_sweeper;
 pub mod review_janitor;
 pub mod stage_loop;
 

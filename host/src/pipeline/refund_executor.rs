@@ -261,17 +261,18 @@ impl RefundExecutor {
                     retry.attempt,
                     &retry,
                 );
-                let due = Utc::now().timestamp_millis() + ms as i64;
+                let due = Utc::now() + chrono::Duration::milliseconds(ms as i64);
                 // Redis first: if the guarded update below is then lost, a
                 // redelivery re-applies this outcome and schedules the same
-                // event id again.
+                // event id again. The update records when it is due, for
+                // the sweeper should Redis lose it.
                 self.ctx
                     .retry_queue
-                    .schedule(&event, due)
+                    .schedule(&event, due.timestamp_millis())
                     .await
                     .map_err(Failure::Retryable)?;
-                refunds::pass_attempt(&self.ctx.pool, refund.refund_id, request.attempt as i32)
-                    .await?;
+                let attempt = request.attempt as i32;
+                refunds::pass_attempt(&self.ctx.pool, refund.refund_id, attempt, due).await?;
                 crate::metrics::retry_event("scheduled");
                 return Ok(Vec::new());
             }

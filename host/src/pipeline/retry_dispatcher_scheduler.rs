@@ -4,7 +4,8 @@
 //!   in-flight set), produces them to `payment_order_psp_call_requested_topic`
 //!   (key paymentOrderId) in one Kafka transaction, and acknowledges them in
 //!   Redis only after the commit; an expired lease returns an item to the queue
-//! - a sweeper re-adds retries that Postgres says are overdue but Redis lost
+//! - a sweeper (`retry_sweeper`) re-adds retries that Postgres says are
+//!   overdue but Redis lost
 //! - idempotency: the event id is (order, attempt)-derived; the executor's
 //!   attempt claim absorbs a duplicate delivery
 
@@ -15,11 +16,10 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{send, Outbound};
-use super::PipelineContext;
-use crate::domain::events::{event_type, Envelope, PspCallRequested};
+use super::{retry_sweeper, PipelineContext};
+use crate::domain::events::{event_type, Envelope};
 use crate::kafka::transaction::{self, TxnError};
 use crate::kafka::{self, topic};
-use crate::store::orders;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -63,12 +63,7 @@ pub async fn run(
         }
         if worker == 0 && last_sweep.elapsed() > SWEEP_INTERVAL {
             last_sweep = tokio::time::Instant::now();
-            if let Err(error) = sweep(&ctx).await {
-                tracing::warn!(error = %format!("{error:#}"), "retry sweep failed");
-            }
-            if let Err(error) = resend_stranded(&ctx).await {
-                tracing::warn!(error = %format!("{error:#}"), "stranded-order sweep failed");
-            }
+            retry_sweeper::sweep(&ctx).await;
         }
         if let Ok(size) = ctx.retry_queue.size().await {
             crate::metrics::retry_queue_size(size);
@@ -127,77 +122,4 @@ fn route(event: &Envelope) -> (&'static str, String) {
         return (topic::REFUND_REQUESTED, order);
     }
     (topic::PSP_CALL_REQUESTED, event.aggregate_id.clone())
-}
-
-/// An order still INITIATED this long after its last change, with its
-/// created event already sent, never reached the PSP stage (the broker lost
-/// or skipped the event).
-const STRANDED_AFTER_SECS: f64 = 30.0;
-
-/// Re-publishes the created event (same deterministic id) of stranded
-/// orders through the outbox; the executor's attempt claim makes a
-/// duplicate harmless.
-async fn resend_stranded(ctx: &PipelineContext) -> anyhow::Result<()> {
-    let stranded = orders::stranded_initiated(&ctx.pool, STRANDED_AFTER_SECS, 500).await?;
-    if stranded.is_empty() {
-        return Ok(());
-    }
-    let mut tx = ctx.pool.begin().await?;
-    let mut events = Vec::with_capacity(stranded.len());
-    for (order, trace_id) in &stranded {
-        let key = order.payment_order_id.to_string();
-        tracing::warn!(order_id = %key, "order stranded before its first PSP call; re-publishing its created event");
-        events.push((
-            key.clone(),
-            Envelope::new(
-                event_type::PAYMENT_ORDER_CREATED,
-                &key,
-                0,
-                trace_id,
-                None,
-                order,
-            ),
-        ));
-    }
-    crate::store::outbox::append(&mut tx, topic::PAYMENT_ORDER_CREATED, &events).await?;
-    let ids: Vec<uuid::Uuid> = stranded.iter().map(|(o, _)| o.payment_order_id).collect();
-    orders::touch(&mut tx, &ids).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Re-adds overdue retries that Redis no longer holds (Redis lost data).
-async fn sweep(ctx: &PipelineContext) -> anyhow::Result<()> {
-    let grace = chrono::Duration::milliseconds(ctx.config.retry.sweep_grace_ms as i64);
-    for (order_id, attempt, due) in orders::due_retries(&ctx.pool, Utc::now() - grace, 1000).await?
-    {
-        let Some(order) = orders::get(&ctx.pool, order_id).await? else {
-            continue;
-        };
-        let request = PspCallRequested {
-            order: order.order_ref(),
-            attempt: attempt as u32,
-        };
-        let key = order_id.to_string();
-        let trace_id: String =
-            sqlx::query_scalar("SELECT trace_id FROM payments WHERE payment_id = $1")
-                .bind(order.payment_id)
-                .fetch_one(&ctx.pool)
-                .await?;
-        let event = Envelope::new(
-            event_type::PSP_CALL_REQUESTED,
-            &key,
-            attempt as u32,
-            &trace_id,
-            None,
-            &request,
-        );
-        if !ctx.retry_queue.contains(&event).await? {
-            tracing::warn!(%order_id, attempt, "retry missing from Redis; re-adding");
-            ctx.retry_queue
-                .schedule(&event, due.timestamp_millis())
-                .await?;
-        }
-    }
-    Ok(())
 }

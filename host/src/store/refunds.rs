@@ -246,7 +246,7 @@ pub async fn transition(conn: &mut PgConnection, change: &Change<'_>) -> sqlx::R
     let updated = sqlx::query(
         "UPDATE refunds SET status = $2, last_applied_attempt = GREATEST(last_applied_attempt, $3),
              psp_reference = COALESCE($4, psp_reference), failure_reason = $5,
-             review_checks = 0,
+             review_checks = 0, next_retry_at = NULL,
              next_review_at = CASE WHEN $2 = 'REQUIRES_REVIEW' THEN $8 END,
              updated_at = now()
          WHERE refund_id = $1 AND status = ANY($6) AND (NOT $7 OR last_applied_attempt = $3 - 1)",
@@ -362,18 +362,45 @@ pub async fn record_notification(
 
 /// Moves a REQUESTED refund past a transient `attempt` (its retry is
 /// scheduled). True if it applied.
-pub async fn pass_attempt(pool: &PgPool, refund_id: Uuid, attempt: i32) -> sqlx::Result<bool> {
+pub async fn pass_attempt(
+    pool: &PgPool,
+    refund_id: Uuid,
+    attempt: i32,
+    retry_at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
     let updated = sqlx::query(
-        "UPDATE refunds SET last_applied_attempt = $2, updated_at = now()
+        "UPDATE refunds SET last_applied_attempt = $2, next_retry_at = $4, updated_at = now()
          WHERE refund_id = $1 AND status = ANY($3) AND last_applied_attempt = $2 - 1",
     )
     .bind(refund_id)
     .bind(attempt)
     .bind(RefundTransition::Attempt.sources())
+    .bind(retry_at)
     .execute(pool)
     .await?
     .rows_affected();
     Ok(updated == 1)
+}
+
+/// REQUESTED refunds whose next attempt was due before `before` and has not
+/// been claimed: their retry should have left Redis by now. (A claimed one
+/// reached the executor; Kafka redelivers it if that executor died.)
+pub async fn due_retries(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<RefundRow>> {
+    sqlx::query_as(
+        "SELECT * FROM refunds r
+         WHERE r.next_retry_at IS NOT NULL AND r.next_retry_at < $1 AND r.status = 'REQUESTED'
+           AND NOT EXISTS (SELECT 1 FROM refund_attempts a
+                           WHERE a.refund_id = r.refund_id AND a.attempt = r.last_applied_attempt + 1)
+         ORDER BY r.next_retry_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Refunds in review whose janitor re-check is due, oldest due first.
