@@ -22,7 +22,17 @@ use sha2::Sha256;
 
 const WEBHOOK_SECRET: &str = "whsec_test_only";
 
+/// Host secrets, each also approved as an HMAC key.
 fn env(secrets: &[(&str, &str)]) -> CallEnv {
+    let signing: Vec<&str> = secrets.iter().map(|(name, _)| *name).collect();
+    env_signing(secrets, &signing)
+}
+
+fn env_signing(secrets: &[(&str, &str)], signing: &[&str]) -> CallEnv {
+    let policy = EgressPolicy {
+        signing: signing.iter().map(|name| name.to_string()).collect(),
+        ..EgressPolicy::default()
+    };
     let secrets: BTreeMap<String, secrecy::SecretString> = secrets
         .iter()
         .map(|(name, value)| (name.to_string(), value.to_string().into()))
@@ -33,7 +43,7 @@ fn env(secrets: &[(&str, &str)]) -> CallEnv {
             client: reqwest::Client::new(),
             // An approved policy that allows no host: these cases send no
             // request, and the HMAC import needs only the secrets.
-            egress: Arc::new(Egress::approved(&EgressPolicy::default(), &[]).unwrap()),
+            egress: Arc::new(Egress::approved(&policy, &[]).unwrap()),
             timeout: Duration::from_secs(1),
             max_response_bytes: 1024,
             secrets: Arc::new(secrets),
@@ -103,6 +113,7 @@ fn signed(body: &str, secret: &str) -> Incoming {
             hex::encode(mac.finalize().into_bytes()),
         )],
         body: body.as_bytes().to_vec(),
+        received_at: 0,
     }
 }
 
@@ -203,4 +214,19 @@ async fn a_v2_component_refunds_and_verifies_notifications_with_a_host_held_secr
         matches!(parsed, Err(Rejection::BadSignature(_))),
         "{parsed:?}"
     );
+
+    // The secret is on the host, but the activation's approved policy does
+    // not list it for signing: the component cannot use it.
+    let unlisted = env_signing(&secrets, &["another_secret"]);
+    let (parsed, _) = runtime
+        .parse_notification(&v2, &unlisted, &config(), &signed(body, WEBHOOK_SECRET))
+        .await
+        .unwrap();
+    match parsed {
+        Err(Rejection::BadSignature(why)) => assert!(
+            why.contains("sim_webhook_secret is not in this adapter's signing list"),
+            "{why}"
+        ),
+        other => panic!("an unlisted signing key must be refused, got {other:?}"),
+    }
 }

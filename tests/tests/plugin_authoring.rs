@@ -17,6 +17,7 @@ fn policy(allow: &str, secret: &str) -> EgressPolicy {
             entry: allow.into(),
             headers: vec!["Authorization".into()],
         }],
+        signing: vec![],
     }
 }
 

@@ -80,6 +80,9 @@ pub async fn receive(
             .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
             .collect(),
         body: body.to_vec(),
+        received_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     // Under the active activation's own egress policy.
     let env = state.registry.adapter_env(&active, "webhook");

@@ -121,8 +121,13 @@ pub struct PolicyArgs {
     /// --secret psp_api_key=https://api.x.com:443:Authorization
     #[arg(long = "secret", value_parser = EgressPolicy::parse_secret_flag)]
     pub secret: Vec<SecretBinding>,
-    /// A TOML policy file: `allow = [...]` and `[[secrets]]` tables of
-    /// `name`, `entry`, `headers` (or the same under `[egress]`).
+    /// A secret the adapter may use as an HMAC key (`crypto.hmac-sha256`,
+    /// e.g. a webhook signing secret), repeatable: --signing stripe_webhook_secret
+    #[arg(long = "signing")]
+    pub signing: Vec<String>,
+    /// A TOML policy file: `allow = [...]`, `signing = [...]` and
+    /// `[[secrets]]` tables of `name`, `entry`, `headers` (or the same
+    /// under `[egress]`).
     #[arg(long)]
     pub policy: Option<PathBuf>,
 }
@@ -130,7 +135,12 @@ pub struct PolicyArgs {
 impl PolicyArgs {
     /// None when no flag was given.
     pub fn resolve(&self) -> anyhow::Result<Option<EgressPolicy>> {
-        EgressPolicy::from_parts(self.policy.as_deref(), &self.allow, &self.secret)
+        let flags = EgressPolicy {
+            allow: self.allow.clone(),
+            secrets: self.secret.clone(),
+            signing: self.signing.clone(),
+        };
+        EgressPolicy::from_parts(self.policy.as_deref(), &flags)
             .map_err(|e| anyhow::anyhow!("egress policy: {e}"))
     }
 

@@ -30,6 +30,13 @@ pub struct EgressPolicy {
     /// Which secret may be injected where.
     #[serde(default)]
     pub secrets: Vec<SecretBinding>,
+    /// Secrets the component may use as HMAC keys (`crypto.hmac-sha256`,
+    /// e.g. to check a webhook's signature). The key never leaves the host,
+    /// but which keys a component may use is the admin's call, as with
+    /// secrets in headers. (Left out of the stored form when empty, so a
+    /// policy approved before it existed reads and audits the same.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing: Vec<String>,
 }
 
 /// `{{secret:NAME}}` may be replaced only in these headers of requests to
@@ -80,16 +87,16 @@ impl EgressPolicy {
     /// Flags on top of an optional file; None when neither says anything.
     pub fn from_parts(
         file: Option<&Path>,
-        allow: &[String],
-        secrets: &[SecretBinding],
+        flags: &EgressPolicy,
     ) -> Result<Option<EgressPolicy>, String> {
         let mut policy = match file {
             Some(path) => EgressPolicy::from_file(path)?,
-            None if allow.is_empty() && secrets.is_empty() => return Ok(None),
+            None if flags == &EgressPolicy::default() => return Ok(None),
             None => EgressPolicy::default(),
         };
-        policy.allow.extend(allow.iter().cloned());
-        policy.secrets.extend(secrets.iter().cloned());
+        policy.allow.extend(flags.allow.iter().cloned());
+        policy.secrets.extend(flags.secrets.iter().cloned());
+        policy.signing.extend(flags.signing.iter().cloned());
         policy.check()?;
         Ok(Some(policy))
     }
@@ -98,25 +105,18 @@ impl EgressPolicy {
     /// entries, a secret bound to an entry the policy does not allow, a
     /// header the host owns.
     pub fn check(&self) -> Result<(), String> {
-        if self.allow.len() > MAX_ENTRIES || self.secrets.len() > MAX_ENTRIES {
+        let longest = [self.allow.len(), self.secrets.len(), self.signing.len()];
+        if longest.into_iter().max().unwrap_or(0) > MAX_ENTRIES {
             return Err(format!(
-                "a policy lists at most {MAX_ENTRIES} entries and {MAX_ENTRIES} secrets"
+                "a policy lists at most {MAX_ENTRIES} entries, secrets and signing keys"
             ));
+        }
+        for name in &self.signing {
+            check_secret_name(name)?;
         }
         let allow = parse_entries(&self.allow)?;
         for binding in &self.secrets {
-            let name_ok = !binding.name.is_empty()
-                && binding.name.len() <= 64
-                && binding
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !name_ok {
-                return Err(format!(
-                    "secret name {:?} must be 1..=64 of [A-Za-z0-9_-]",
-                    binding.name
-                ));
-            }
+            check_secret_name(&binding.name)?;
             let entry = parse_entry(&binding.entry)?;
             if !allow.contains(&entry) {
                 return Err(format!(
@@ -149,10 +149,26 @@ impl EgressPolicy {
             .map(|b| format!("{}→{}[{}]", b.name, b.entry, b.headers.join(",")))
             .collect();
         format!(
-            "allow [{}] secrets [{}]",
+            "allow [{}] secrets [{}] signing [{}]",
             self.allow.join(", "),
-            secrets.join(", ")
+            secrets.join(", "),
+            self.signing.join(", ")
         )
+    }
+}
+
+fn check_secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "secret name {name:?} must be 1..=64 of [A-Za-z0-9_-]"
+        ))
     }
 }
 
@@ -173,6 +189,8 @@ pub struct Egress {
     deny: Vec<AllowEntry>,
     /// None: no approved policy, any secret in any header (the fallback).
     bindings: Option<Vec<(String, AllowEntry, BTreeSet<String>)>>,
+    /// HMAC keys the component may use; None as for `bindings`.
+    signing: Option<BTreeSet<String>>,
     /// Harness without a policy: any URL (fixtures use made-up hosts).
     open: bool,
 }
@@ -194,6 +212,7 @@ impl Egress {
             allow: parse_entries(&policy.allow)?,
             deny: deny_entries(deny),
             bindings: Some(bindings),
+            signing: Some(policy.signing.iter().cloned().collect()),
             open: false,
         })
     }
@@ -208,6 +227,7 @@ impl Egress {
                 .collect(),
             deny: deny_entries(deny),
             bindings: None,
+            signing: None,
             open: false,
         }
     }
@@ -216,6 +236,7 @@ impl Egress {
     pub fn nothing() -> Egress {
         Egress {
             bindings: Some(Vec::new()),
+            signing: Some(BTreeSet::new()),
             ..Egress::default()
         }
     }
@@ -270,6 +291,16 @@ impl Egress {
         ))
     }
 
+    /// Whether the component may use secret `name` as an HMAC key.
+    pub fn check_signing(&self, name: &str) -> Result<(), String> {
+        match &self.signing {
+            Some(names) if !names.contains(name) => Err(format!(
+                "secret {name} is not in this adapter's signing list"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this is an approved policy (its bindings name the secrets).
     pub fn bound_names(&self) -> Option<BTreeSet<&str>> {
         self.bindings
@@ -297,7 +328,31 @@ mod tests {
                 "psp_api_key=https://a.test:443:Authorization",
             )
             .unwrap()],
+            signing: vec!["webhook_secret".into()],
         }
+    }
+
+    #[test]
+    fn only_listed_signing_keys_serve_the_hmac_import() {
+        let egress = Egress::approved(&policy(), &[]).unwrap();
+        assert!(egress.check_signing("webhook_secret").is_ok());
+        let refused = egress.check_signing("psp_api_key");
+        assert!(refused.is_err_and(|e| e.contains("not in this adapter's signing list")));
+        assert!(Egress::nothing().check_signing("webhook_secret").is_err());
+        // No approved policy (the node config's fallback): any name.
+        assert!(Egress::node_config(&[], &[]).check_signing("x").is_ok());
+        let bad = EgressPolicy {
+            signing: vec!["bad name".into()],
+            ..policy()
+        };
+        assert!(bad.check().is_err());
+        // Empty, it is left out of the stored form.
+        let plain = EgressPolicy {
+            signing: vec![],
+            ..policy()
+        };
+        let stored = serde_json::to_value(&plain).unwrap();
+        assert!(stored.get("signing").is_none(), "{stored}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ const MAX_HTTP_REQUESTS_PER_CALL: u32 = 8;
 pub struct HostState {
     pub limiter: MemoryLimiter,
     pub http: Option<HttpPolicy>,
-    pub script: Option<super::harness::HttpScript>,
+    pub script: Option<super::http_script::HttpScript>,
     pub max_delay_ms: u32,
     /// Names the plugin in log lines the guest writes.
     pub plugin: String,

@@ -58,13 +58,21 @@ impl refunds::Host for HostState {}
 impl notifications::Host for HostState {}
 
 impl crypto::Host for HostState {
-    /// The key stays in the host: the guest gets only the MAC. Harness runs
-    /// use the fixture's own test secrets, never the node's.
+    /// The key stays in the host: the guest gets only the MAC, and only
+    /// under a key its approved policy lists for signing. Harness runs use
+    /// the fixture's own test secrets, never the node's.
     fn hmac_sha256(
         &mut self,
         secret_name: String,
         message: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        if let Some(Err(refused)) = self
+            .http
+            .as_ref()
+            .map(|p| p.egress.check_signing(&secret_name))
+        {
+            return Ok(Err(refused));
+        }
         let secret = match (&self.script, &self.http) {
             (Some(script), _) => script.secret(&secret_name),
             (None, Some(policy)) => policy.secrets.get(&secret_name).cloned(),

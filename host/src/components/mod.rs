@@ -13,6 +13,7 @@ pub mod error;
 pub mod harness;
 pub mod host_imports;
 pub mod host_imports_v2;
+pub mod http_script;
 pub mod invariants;
 pub mod posting;
 pub mod registry;

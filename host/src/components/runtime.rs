@@ -75,7 +75,7 @@ pub struct CallEnv {
     pub limits: Limits,
     pub http: Option<HttpPolicy>,
     /// Harness only: scripted HTTP answers instead of the network.
-    pub script: Option<super::harness::HttpScript>,
+    pub script: Option<super::http_script::HttpScript>,
     pub trace_id: String,
 }
 
@@ -173,6 +173,29 @@ pub struct Runtime {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Calls a component on whichever listed world `loaded` was built for. Each
+/// world's generated bindings are types of their own with same-named
+/// methods, so the call is written once here instead of once per world; a
+/// world not listed takes the `else` branch (`unreachable!` when all are).
+macro_rules! per_world {
+    ($runtime:expr, $loaded:expr, $env:expr, [$($world:ident),+],
+     |$instance:ident, $store:ident| $call:expr, else $other:expr) => {
+        match &$loaded.pre {
+            $(Pre::$world(pre) => {
+                $runtime
+                    .run($loaded, $env, |mut $store| async move {
+                        let $instance = pre.instantiate_async(&mut $store).await?;
+                        let out = $call;
+                        Ok((out, $store))
+                    })
+                    .await?
+            })+
+            #[allow(unreachable_patterns)]
+            _ => $other,
+        }
+    };
 }
 
 impl Runtime {
@@ -399,48 +422,15 @@ impl Runtime {
     }
 
     async fn info(&self, loaded: &Loaded, env: &CallEnv) -> Result<(String, String), PluginError> {
-        let (info, _) = match &loaded.pre {
-            Pre::Adapter(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.call_info(&mut store).await?;
-                    Ok(((info.name, info.version), store))
-                })
-                .await?
-            }
-            Pre::AdapterV2(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.call_info(&mut store).await?;
-                    Ok(((info.name, info.version), store))
-                })
-                .await?
-            }
-            Pre::Policy(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.call_info(&mut store).await?;
-                    Ok(((info.name, info.version), store))
-                })
-                .await?
-            }
-            Pre::Rules(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.call_info(&mut store).await?;
-                    Ok(((info.name, info.version), store))
-                })
-                .await?
-            }
-            Pre::RulesV2(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let info = instance.call_info(&mut store).await?;
-                    Ok(((info.name, info.version), store))
-                })
-                .await?
-            }
-        };
+        let (info, _) = per_world!(
+            self, loaded, env,
+            [Adapter, AdapterV2, Policy, Rules, RulesV2],
+            |instance, store| {
+                let info = instance.call_info(&mut store).await?;
+                (info.name, info.version)
+            },
+            else unreachable!("every world is listed")
+        );
         super::invariants::check_info(&info.0, &info.1)?;
         Ok(info)
     }
@@ -474,33 +464,16 @@ impl Runtime {
         status: bool,
     ) -> Result<(Outcome, CallStats), PluginError> {
         let config = config.to_vec();
-        let (mut outcome, stats) = match &loaded.pre {
-            Pre::Adapter(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let outcome = if status {
-                        instance.call_status(&mut store, &config, request).await?
-                    } else {
-                        instance.call_charge(&mut store, &config, request).await?
-                    };
-                    Ok((outcome, store))
-                })
-                .await?
-            }
-            Pre::AdapterV2(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let outcome = if status {
-                        instance.call_status(&mut store, &config, request).await?
-                    } else {
-                        instance.call_charge(&mut store, &config, request).await?
-                    };
-                    Ok((outcome, store))
-                })
-                .await?
-            }
-            _ => return Err(not_an_adapter(loaded)),
-        };
+        let (mut outcome, stats) = per_world!(
+            self, loaded, env,
+            [Adapter, AdapterV2],
+            |instance, store| if status {
+                instance.call_status(&mut store, &config, request).await?
+            } else {
+                instance.call_charge(&mut store, &config, request).await?
+            },
+            else return Err(not_an_adapter(loaded))
+        );
         scrub_outcome(&mut outcome, env);
         super::invariants::check_outcome(&outcome, env.limits.max_output_bytes)?;
         Ok((outcome, stats))
@@ -625,25 +598,12 @@ impl Runtime {
         PluginError,
     > {
         let config = config.to_vec();
-        let (result, stats) = match &loaded.pre {
-            Pre::Rules(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let result = instance.call_post(&mut store, &config, order).await?;
-                    Ok((result, store))
-                })
-                .await?
-            }
-            Pre::RulesV2(pre) => {
-                self.run(loaded, env, |mut store| async move {
-                    let instance = pre.instantiate_async(&mut store).await?;
-                    let result = instance.call_post(&mut store, &config, order).await?;
-                    Ok((result, store))
-                })
-                .await?
-            }
-            _ => return Err(not_rules(loaded)),
-        };
+        let (result, stats) = per_world!(
+            self, loaded, env,
+            [Rules, RulesV2],
+            |instance, store| instance.call_post(&mut store, &config, order).await?,
+            else return Err(not_rules(loaded))
+        );
         check_rules_result(&result, env)?;
         Ok((result, stats))
     }

@@ -33,6 +33,8 @@ pub mod bindings {
     });
 }
 
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod json;
 pub mod money;
 pub mod outcome;

@@ -101,6 +101,7 @@ mod tests {
         let incoming = Incoming {
             headers: vec![("Stripe-Signature".into(), " t=1 ".into())],
             body: vec![],
+            received_at: 0,
         };
         assert_eq!(incoming.header("stripe-signature"), Some("t=1"));
         assert_eq!(incoming.header("x"), None);

@@ -227,61 +227,11 @@ mod fixture_tests {
     use super::*;
     use serde_json::{json, Value};
 
-    /// `"*"` in the expectation matches anything (the harness's wildcard).
-    fn matches(want: &Value, got: &Value) -> bool {
-        match (want, got) {
-            (Value::String(w), _) if w == "*" => true,
-            (Value::Object(w), Value::Object(g)) => {
-                w.len() == g.len()
-                    && w.iter()
-                        .all(|(k, v)| g.get(k).is_some_and(|g| matches(v, g)))
-            }
-            (Value::Array(w), Value::Array(g)) => {
-                w.len() == g.len() && w.iter().zip(g).all(|(w, g)| matches(w, g))
-            }
-            _ => want == got,
-        }
-    }
-
-    fn config_of(v: &Value) -> Vec<(String, String)> {
-        v.as_object()
-            .expect("config object")
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_str().expect("string config value").to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// Every (file, case, effective config) of this crate's fixtures.
-    type Case = (String, Value, Vec<(String, String)>);
-
-    fn fixture_cases() -> Vec<Case> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
-        let mut out = Vec::new();
-        let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        paths.sort();
-        for path in paths {
-            let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            let file = path.file_name().unwrap().to_string_lossy().to_string();
-            for case in doc["cases"].as_array().unwrap() {
-                let config = config_of(case.get("config").unwrap_or(&doc["config"]));
-                out.push((file.clone(), case.clone(), config));
-            }
-        }
-        assert!(!out.is_empty());
-        out
-    }
+    use paynode_guest::fixtures::{cases, matches, Case};
 
     #[test]
     fn fixtures_hold() {
-        for (file, case, config) in fixture_cases() {
+        for Case { file, case, config } in cases(env!("CARGO_MANIFEST_DIR")) {
             assert_eq!(case["call"], "decide");
             let input = &case["input"];
             let got = match decide(

@@ -2,10 +2,10 @@
 //! acts on. Pure: the MAC comes from the caller (the host's
 //! `crypto.hmac-sha256` in the component, a fake in tests).
 //!
-//! Not checked: Stripe's 5-minute timestamp tolerance. The 2.0.0 world
-//! gives a guest no clock and `incoming` no time of receipt, so a replayed
-//! (correctly signed) event is only caught by the host applying each event
-//! id once.
+//! A correctly signed event is refused when its signed timestamp lies more
+//! than 5 minutes from the host's time of receipt (`received-at`), as
+//! Stripe's own libraries do: a captured request replayed later fails here,
+//! and the host applies each event id once besides.
 
 use paynode_guest::v2::{
     constant_time_eq, hex_lower, Incoming, Notification, NotificationKind, Rejection,
@@ -17,6 +17,10 @@ use serde_json::Value;
 use crate::mapping::{map_intent, map_refund, paynode_key, PaymentIntent, Refund, RefundList};
 
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
+
+/// How far a signed timestamp may lie from the time of receipt, either way
+/// (clocks drift both ways).
+pub const TOLERANCE_SECS: u64 = 300;
 
 /// A `Stripe-Signature` header: `t=<unix time>,v1=<hex>[,v1=<hex>...]`
 /// (other schemes, like `v0`, ignored).
@@ -59,6 +63,13 @@ pub fn parse(
     });
     if !matched {
         return Err(bad("signature does not match"));
+    }
+    let signed_at: u64 = signature
+        .timestamp
+        .parse()
+        .map_err(|_| bad("malformed Stripe-Signature header"))?;
+    if signed_at.abs_diff(incoming.received_at) > TOLERANCE_SECS {
+        return Err(bad("timestamp outside the 300 s tolerance"));
     }
     parse_event(&incoming.body).map_err(Rejection::Malformed)
 }
@@ -198,11 +209,30 @@ mod tests {
         Incoming {
             headers: vec![("stripe-signature".into(), header)],
             body: body.as_bytes().to_vec(),
+            received_at: 12,
         }
     }
 
     fn event(kind: &str, object: &str) -> String {
         format!(r#"{{"id":"evt_1","object":"event","type":"{kind}","data":{{"object":{object}}}}}"#)
+    }
+
+    #[test]
+    fn a_signed_timestamp_far_from_receipt_is_refused() {
+        let body = event("unknown.type", "{}");
+        let outside = Err(Rejection::BadSignature(
+            "timestamp outside the 300 s tolerance".into(),
+        ));
+        for (received_at, fresh) in [(12, true), (312, true), (313, false), (0, true)] {
+            let mut incoming = signed(&body, "");
+            incoming.received_at = received_at;
+            let want = if fresh { Ok(vec![]) } else { outside.clone() };
+            assert_eq!(
+                parse(&incoming, fake_mac),
+                want,
+                "received at {received_at}"
+            );
+        }
     }
 
     #[test]
@@ -226,6 +256,7 @@ mod tests {
         let unsigned = Incoming {
             headers: vec![],
             body: body.clone().into_bytes(),
+            received_at: 12,
         };
         assert_eq!(
             parse(&unsigned, fake_mac),
