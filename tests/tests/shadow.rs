@@ -8,6 +8,9 @@ use paynode::components::Slot;
 use paynode::store::plugins;
 use paynode_tests::*;
 
+/// One test at a time: the shadow counters are per process.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn shadow_count(node: &TestNode, result: &str) -> u64 {
     node.metrics_text()
         .await
@@ -61,6 +64,7 @@ async fn pay_and_record(node: &TestNode, key: &str, sellers: &[(&str, i64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shadow_rules_are_compared_and_counted_never_applied() {
+    let _one = SERIAL.lock().await;
     let node = TestNode::start(test_config().await).await;
     // The template with its fixtures; the hostile rules (no fixtures to
     // pass) stored the way the node stores its own files.
@@ -134,5 +138,54 @@ async fn shadow_rules_are_compared_and_counted_never_applied() {
         "AUTH + CAPTURE for each of the 5 orders, nothing else"
     );
     assert_eq!(node.scalar(&foreign).await, 0);
+    node.stop().await;
+}
+
+/// A refund's journals go through the shadow candidate's `post-refund` as
+/// well: compared and counted once, never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_candidate_sees_refunds_too() {
+    let _one = SERIAL.lock().await;
+    let node = TestNode::start(test_config().await).await;
+    pay_and_record(&node, "shadow-refund", &[("s-r", 1000)]).await;
+    let active = node.node.registry.snapshot()["posting-rules"].0.clone();
+    set_shadow(&node, Some(&active)).await;
+    let same = shadow_count(&node, "same").await;
+    let order_id: String = sqlx::query_scalar(
+        "SELECT payment_order_id::text FROM payment_orders WHERE seller_id = 's-r'",
+    )
+    .fetch_one(&node.pool)
+    .await
+    .unwrap();
+    let response = node
+        .http
+        .post(format!(
+            "{}/api/v1/payment-orders/{order_id}/refunds",
+            node.base
+        ))
+        .bearer_auth(node.token(&["payment:write"]))
+        .header("Idempotency-Key", "shadow-refund-1")
+        .json(&serde_json::json!({
+            "amount": { "quantity": 400, "currency": "EUR" }, "reason": "returned"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let refunds = "SELECT count(*) FROM journal_entries WHERE kind = 'REFUND'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.scalar(refunds).await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the refund never reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shadow_count(&node, "same").await, same + 1);
+    assert_eq!(
+        node.scalar(refunds).await,
+        1,
+        "the shadow's journal was applied"
+    );
     node.stop().await;
 }

@@ -127,29 +127,40 @@ impl LedgerRecordingConsumer {
         let Some(candidate) = self.ctx.registry.shadow(Slot::PostingRules) else {
             return;
         };
-        let result = match self
+        let result = self
             .run_version(&candidate, envelope, finalized, false)
-            .await
-        {
-            Err(Failure::Poison { class, message }) => {
-                tracing::warn!(candidate = %candidate.loaded.sha256, class, %message, "shadow rules rejected");
-                "rejected"
-            }
-            Err(Failure::Retryable(error)) => {
-                // The runtime was busy: no verdict on the candidate.
-                tracing::warn!(candidate = %candidate.loaded.sha256, error = %format!("{error:#}"), "shadow rules could not run");
-                "skipped"
-            }
-            Ok(shadow) if posting_lines(&shadow.journals) == posting_lines(&recorded.journals) => {
-                "same"
-            }
-            Ok(_) => {
-                tracing::info!(candidate = %candidate.loaded.sha256, "shadow rules would post differently");
-                "changed"
-            }
-        };
-        crate::metrics::component_shadow(Slot::PostingRules.as_str(), result);
+            .await;
+        count_shadow(&candidate, result, recorded);
     }
+}
+
+/// Counts how a shadow candidate's journals compare with what was recorded
+/// (`component_shadow_total{result}`): never applied, and a broken candidate
+/// only shows up in the counts. Shared with the refund recorder.
+pub(super) fn count_shadow(
+    candidate: &Active,
+    result: Result<LedgerEntriesRecorded, Failure>,
+    recorded: &LedgerEntriesRecorded,
+) {
+    let result = match result {
+        Err(Failure::Poison { class, message }) => {
+            tracing::warn!(candidate = %candidate.loaded.sha256, class, %message, "shadow rules rejected");
+            "rejected"
+        }
+        Err(Failure::Retryable(error)) => {
+            // The runtime was busy: no verdict on the candidate.
+            tracing::warn!(candidate = %candidate.loaded.sha256, error = %format!("{error:#}"), "shadow rules could not run");
+            "skipped"
+        }
+        Ok(shadow) if posting_lines(&shadow.journals) == posting_lines(&recorded.journals) => {
+            "same"
+        }
+        Ok(_) => {
+            tracing::info!(candidate = %candidate.loaded.sha256, "shadow rules would post differently");
+            "changed"
+        }
+    };
+    crate::metrics::component_shadow(Slot::PostingRules.as_str(), result);
 }
 
 /// The recorded event's id follows the finalized attempt it records, so two

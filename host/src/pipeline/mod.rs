@@ -19,6 +19,7 @@
 
 pub mod account_balance_consumer;
 pub mod commit;
+pub mod component_call;
 pub mod consume;
 pub mod decision;
 pub mod dlq;

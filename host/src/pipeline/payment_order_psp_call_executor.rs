@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::component_call::psp_answer;
 use super::consume::Inbound;
 use super::decision::{bounded, decode, event_span, rounds, Decision, Decisions, Failure};
 use super::outbound::Outbound;
@@ -35,7 +36,7 @@ use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::registry::Active;
-use crate::components::{PluginError, Slot};
+use crate::components::Slot;
 use crate::domain::events::{event_type, Envelope, PspCallRequested, PspResultUpdated};
 use crate::domain::payment::{OutcomeKind, PspOutcome, Transition};
 use crate::kafka::{header, topic};
@@ -458,18 +459,7 @@ impl PaymentOrderPspCallExecutor {
             calls += 1;
             let started = Instant::now();
             let result = runtime.charge(adapter, &env, config, request).await;
-            crate::metrics::component_call(
-                Slot::PspAdapter.as_str(),
-                started,
-                result.as_ref().err(),
-            );
-            match result {
-                Ok((outcome, _)) => outcome,
-                // The PSP may have acted on the request that left: a
-                // question for `status`, never a refusal.
-                Err(PluginError::AfterRequest(reason)) => wit::Outcome::Unknown(reason),
-                Err(error) => return Err(Failure::from(error)),
-            }
+            psp_answer(started, result)?
         };
         let mut settled_by_status = false;
         let psp = &self.ctx.config.psp;

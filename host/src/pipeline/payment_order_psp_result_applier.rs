@@ -12,15 +12,14 @@
 //! - DLQ: undecodable events, a failing retry-policy component (order PARKED)
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use futures::future::BoxFuture;
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::component_call::{ask_retry_policy, random_from};
 use super::consume::Inbound;
 use super::decision::{
     bounded, decode, deterministic_class, event_span, rounds, Decision, Decisions, Failure,
@@ -29,7 +28,6 @@ use super::outbound::Outbound;
 use super::stage_loop::Stage;
 use super::{review_janitor, PipelineContext};
 use crate::components::bindings::policy::paynode::retry_policy::types as wit;
-use crate::components::Slot;
 use crate::domain::events::{
     event_type, Envelope, FinalStatus, OrderFinalized, PspCallRequested, PspResultUpdated,
 };
@@ -97,11 +95,6 @@ impl PaymentOrderPspResultApplier {
         result: &PspResultUpdated,
         order: &OrderRow,
     ) -> Result<Next, Failure> {
-        let active = self
-            .ctx
-            .registry
-            .active(Slot::RetryPolicy)
-            .map_err(Failure::from)?;
         let context = wit::RetryContext {
             payment_order_id: result.order.payment_order_id.to_string(),
             attempt: result.attempt,
@@ -109,31 +102,15 @@ impl PaymentOrderPspResultApplier {
             elapsed_ms: (Utc::now() - order.created_at).num_milliseconds().max(0) as u64,
             random: random_from(envelope),
         };
-        let env = self.ctx.registry.env(Slot::RetryPolicy, &envelope.trace_id);
-        let started = Instant::now();
-        let decided = self
-            .ctx
-            .registry
-            .runtime()
-            .decide(&active.loaded, &env, &active.config, &context)
-            .await;
-        crate::metrics::component_call(Slot::RetryPolicy.as_str(), started, decided.as_ref().err());
-        Ok(match decided.map_err(Failure::from)?.0 {
-            wit::Decision::RetryAfter(ms) => {
-                Next::RetryAfterMs(ms.min(self.ctx.config.retry.max_delay_ms))
-            }
-            wit::Decision::GiveUp(reason) => {
-                Next::Final(FinalStatus::Failed, Some(truncate(&reason, 500)))
-            }
-        })
+        Ok(
+            match ask_retry_policy(&self.ctx, &envelope.trace_id, &context).await? {
+                wit::Decision::RetryAfter(ms) => Next::RetryAfterMs(ms),
+                wit::Decision::GiveUp(reason) => {
+                    Next::Final(FinalStatus::Failed, Some(truncate(&reason, 500)))
+                }
+            },
+        )
     }
-}
-
-/// The policy's randomness: derived from the event id, so a replay decides
-/// exactly as the first run did.
-fn random_from(envelope: &Envelope) -> u64 {
-    let digest = Sha256::digest(envelope.event_id.as_bytes());
-    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 fn truncate(text: &str, max: usize) -> String {

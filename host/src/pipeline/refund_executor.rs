@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sha2::{Digest, Sha256};
 
+use super::component_call::{ask_retry_policy, psp_answer, random_from};
 use super::decision::{Decision, Failure};
 use super::outbound::Outbound;
 use super::stage_loop::Stage;
@@ -36,7 +36,7 @@ use crate::components::bindings::adapter::paynode::psp_adapter::types as wit;
 use crate::components::bindings::policy::paynode::retry_policy::types as policy;
 use crate::components::registry::Active;
 use crate::components::runtime::RefundRequest;
-use crate::components::{PluginError, Slot};
+use crate::components::Slot;
 use crate::domain::events::{event_type, Envelope};
 use crate::domain::payment::{OutcomeKind, PspOutcome};
 use crate::domain::refund::{RefundRequested, RefundStatus, RefundTransition};
@@ -143,16 +143,7 @@ impl RefundExecutor {
         } else {
             let started = Instant::now();
             let result = runtime.refund(loaded, &env, config, request, false).await;
-            crate::metrics::component_call(
-                Slot::PspAdapter.as_str(),
-                started,
-                result.as_ref().err(),
-            );
-            match result {
-                Ok((outcome, _)) => outcome,
-                Err(PluginError::AfterRequest(reason)) => wit::Outcome::Unknown(reason),
-                Err(error) => return Err(Failure::from(error)),
-            }
+            psp_answer(started, result)?
         };
         let mut settled = false;
         let psp = &self.ctx.config.psp;
@@ -206,37 +197,22 @@ impl RefundExecutor {
         attempt: u32,
         failure_code: String,
     ) -> Result<Next, Failure> {
-        let active = self
-            .ctx
-            .registry
-            .active(Slot::RetryPolicy)
-            .map_err(Failure::from)?;
-        let digest = Sha256::digest(envelope.event_id.as_bytes());
         let context = policy::RetryContext {
             payment_order_id: refund.refund_id.to_string(),
             attempt,
             failure_code,
             elapsed_ms: (Utc::now() - refund.created_at).num_milliseconds().max(0) as u64,
-            random: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
+            random: random_from(envelope),
         };
-        let env = self.ctx.registry.env(Slot::RetryPolicy, &envelope.trace_id);
-        let started = Instant::now();
-        let decided = self
-            .ctx
-            .registry
-            .runtime()
-            .decide(&active.loaded, &env, &active.config, &context)
-            .await;
-        crate::metrics::component_call(Slot::RetryPolicy.as_str(), started, decided.as_ref().err());
-        Ok(match decided.map_err(Failure::from)?.0 {
-            policy::Decision::RetryAfter(ms) => {
-                Next::RetryAfterMs(ms.min(self.ctx.config.retry.max_delay_ms))
-            }
-            policy::Decision::GiveUp(reason) => Next::Final(
-                RefundStatus::Failed,
-                Some(reason.chars().take(500).collect()),
-            ),
-        })
+        Ok(
+            match ask_retry_policy(&self.ctx, &envelope.trace_id, &context).await? {
+                policy::Decision::RetryAfter(ms) => Next::RetryAfterMs(ms),
+                policy::Decision::GiveUp(reason) => Next::Final(
+                    RefundStatus::Failed,
+                    Some(reason.chars().take(500).collect()),
+                ),
+            },
+        )
     }
 
     /// The guarded change `next` asks for; an event only for a final refund.

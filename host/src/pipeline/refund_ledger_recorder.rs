@@ -20,12 +20,14 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::decision::{Decision, Failure};
+use super::ledger_recording_consumer::count_shadow;
 use super::outbound::Outbound;
 use super::stage_loop::Stage;
 use super::PipelineContext;
 use crate::components::bindings::rules::paynode::posting_rules::types as wit;
 use crate::components::invariants::{check_journals, PostingScope};
 use crate::components::posting::recorded_journals;
+use crate::components::registry::Active;
 use crate::components::runtime::RefundedOrder;
 use crate::components::Slot;
 use crate::domain::events::{event_type, Envelope, LedgerEntriesRecorded};
@@ -42,16 +44,16 @@ impl RefundLedgerRecorder {
         RefundLedgerRecorder { ctx }
     }
 
-    async fn run_rules(
+    /// Runs one version of the rules' `post-refund` and checks its output;
+    /// nothing is written. `metered`: counted in the component metrics (the
+    /// active version; a shadow has its own counter).
+    async fn run_version(
         &self,
+        active: &Active,
         envelope: &Envelope,
         refund: &RefundFinalized,
+        metered: bool,
     ) -> Result<LedgerEntriesRecorded, Failure> {
-        let active = self
-            .ctx
-            .registry
-            .active(Slot::PostingRules)
-            .map_err(Failure::from)?;
         let order = &refund.order;
         let input = RefundedOrder {
             refund_id: refund.refund_id.to_string(),
@@ -79,7 +81,13 @@ impl RefundLedgerRecorder {
             .runtime()
             .post_refund(&active.loaded, &env, &active.config, &input)
             .await;
-        crate::metrics::component_call(Slot::PostingRules.as_str(), started, result.as_ref().err());
+        if metered {
+            crate::metrics::component_call(
+                Slot::PostingRules.as_str(),
+                started,
+                result.as_ref().err(),
+            );
+        }
         let entries = result
             .map_err(Failure::from)?
             .0
@@ -92,7 +100,9 @@ impl RefundLedgerRecorder {
             currency: &order.amount.currency,
         };
         if let Err(violation) = check_journals(&entries, &scope) {
-            crate::metrics::component_failure(Slot::PostingRules.as_str(), violation.class());
+            if metered {
+                crate::metrics::component_failure(Slot::PostingRules.as_str(), violation.class());
+            }
             return Err(Failure::from(violation));
         }
         Ok(LedgerEntriesRecorded {
@@ -109,13 +119,25 @@ impl RefundLedgerRecorder {
         let recorded = match existing.into_values().next() {
             Some(recorded) => recorded,
             None => {
-                let fresh = self.run_rules(envelope, refund).await?;
+                let active = self
+                    .ctx
+                    .registry
+                    .active(Slot::PostingRules)
+                    .map_err(Failure::from)?;
+                let fresh = self.run_version(&active, envelope, refund, true).await?;
                 let mut written =
                     ledger::record_all(&self.ctx.pool, &[(&fresh, envelope.trace_id.as_str())])
                         .await?;
-                written
+                let recorded = written
                     .remove(&envelope.event_id)
-                    .ok_or_else(|| Failure::Retryable(anyhow::anyhow!("recording vanished")))?
+                    .ok_or_else(|| Failure::Retryable(anyhow::anyhow!("recording vanished")))?;
+                // A candidate on shadow sees refunds too (once, as it sees
+                // each order once: not on a replayed recording).
+                if let Some(candidate) = self.ctx.registry.shadow(Slot::PostingRules) {
+                    let result = self.run_version(&candidate, envelope, refund, false).await;
+                    count_shadow(&candidate, result, &recorded);
+                }
+                recorded
             }
         };
         let aggregate = refund.refund_id.to_string();
