@@ -61,7 +61,11 @@ echo "== reconciliation"
 "$bin" reconcile
 echo "== replay: posting rules run again over the recorded ledger (writes nothing)"
 "$bin" replay target/components/ledger-marketplace.wasm --limit 20
-"$bin" replay target/components/template-posting-rules.wasm --limit 1
+# A candidate that differs: the 1.0.0 template posts charges another way
+# and cannot post refunds at all, so replay rejects it (exit 1) over the
+# demo's refund; shown, not a failure of this run.
+"$bin" replay target/components/template-posting-rules.wasm --limit 3 \
+  || echo "(replay exit $?: activated, this candidate would dead-letter refunds)"
 echo
 echo "The node keeps running on http://127.0.0.1:8080 (OpenAPI: /api-docs/openapi.json, metrics: /metrics)."
 echo "Token for your own calls: $bin token --dev --role payment:write --role FINANCE"
