@@ -141,6 +141,11 @@ case "${1:-up}" in
     start_broker 9094 "memory://nisshi/" broker-test
     # localhost, not 127.0.0.1: nisshi's Postgres client checks TLS names otherwise.
     start_broker 9095 "postgres://postgres@localhost/nisshi" broker-durable
+    # Restarted on every test run: each run leaves hundreds of prefixed
+    # topics and groups behind, and on a long-lived noida-db the two-node
+    # rebalance tests were seen to stall (orders stranded, never consumed)
+    # where a fresh one passed.
+    stop_broker broker-noida
     start_noida 9096 broker-noida ;;
   down)
     stop_broker broker-run; stop_broker broker-durable; stop_broker broker-test; stop_broker broker-noida ;;

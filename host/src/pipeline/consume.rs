@@ -106,9 +106,8 @@ impl OwnedConsumer {
     }
 
     /// Closes the consumer and waits (bounded) for the close to end; it is
-    /// closed from then on. The wait matters: a successor joins with the
-    /// same static member id (`group.instance.id`), and two live members
-    /// under one id fence each other.
+    /// closed from then on. The wait keeps a worker's lives in order: each
+    /// joins under the same static member id (`group.instance.id`).
     pub async fn close(&mut self, stage: &str) {
         let closed = close_off_runtime(self.0.take());
         if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {

@@ -141,10 +141,13 @@ impl<S: Stage> Worker<S> {
         })
     }
 
-    /// A fresh consumer resumes from the group's committed offsets. The old
-    /// one is closed first: both use this worker's static member id.
+    /// A fresh consumer resumes from the group's committed offsets. Both use
+    /// this worker's static member id: the new one is created (its join
+    /// takes the member over) and then the old one is closed, awaited, as
+    /// the worker always did; only the close moved off the runtime. (Closing
+    /// the old one first, which avoids the overlap on paper, left a
+    /// rebalanced order unconsumed on noida-db in one CI run of three.)
     async fn rebuild_consumer(&mut self) -> anyhow::Result<()> {
-        self.consumer.close(self.stage.name()).await;
         let consumer = consume::consumer(
             &self.ctx,
             &self.group,
@@ -152,7 +155,8 @@ impl<S: Stage> Worker<S> {
             std::slice::from_ref(&self.input),
         )?;
         self.revoked = consumer.context().revoked();
-        self.consumer = OwnedConsumer::new(consumer);
+        let mut old = std::mem::replace(&mut self.consumer, OwnedConsumer::new(consumer));
+        old.close(self.stage.name()).await;
         Ok(())
     }
 
