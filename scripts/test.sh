@@ -47,12 +47,19 @@ cargo test -q -p paynode-guest -p psp-simulator -p psp-simulator-v1 -p psp-strip
 # The integration suite again on noida-db, which hides records of aborted
 # transactions from read_committed readers as Kafka does: there the
 # exactly-once checks (no event id twice on a topic, an aborted record never
-# read) are asserted, not skipped. Two tests are left out, by name
+# read) are asserted, not skipped. Four tests are left out, by name
 # (README, "A second broker that hides aborted records"):
 #  - sigkill_under_load_loses_nothing_and_never_charges_twice: passes on
 #    noida-db since each life of a worker produces under a new producer id,
 #    but not yet every run (1 of 2: once the ledger request topic's reader
 #    stayed below the high watermark); nisshi's durable engine runs it;
+#  - activation_and_rollback_reach_every_node_under_load (hot_swap.rs) and
+#    every_node_charges_a_new_host_without_a_restart (egress_policy.rs), the
+#    two-node tests: on noida-db a rebalance between two nodes sometimes
+#    leaves partitions unconsumed (orders stranded; seen in about 1 run of
+#    3 in stop 19, with and without that stop's consumer-close change, more
+#    often on a broker that had already run several suites); they run on
+#    nisshi above;
 #  - node_runs_over_tls_with_scram starts a TLS nisshi of its own whatever
 #    the broker list says, so it already ran above; so did the fault cases
 #    (tests/tests/faults.rs), which run brokers, Postgres clusters and Redis
@@ -63,6 +70,8 @@ PAYNODE_TEST_BROKER_HIDES_ABORTED=1 \
   cargo test -p paynode-tests -- \
     --skip sigkill_under_load_loses_nothing_and_never_charges_twice \
     --skip node_runs_over_tls_with_scram \
+    --skip activation_and_rollback_reach_every_node_under_load \
+    --skip every_node_charges_a_new_host_without_a_restart \
     --skip postgres_restarted_mid_load --skip postgres_down_for_20s
 
 echo "== API fuzzing (schemathesis against the served OpenAPI document)"
